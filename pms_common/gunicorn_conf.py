@@ -1,0 +1,29 @@
+"""gunicorn settings for every HTTP service (bind comes on the command line).
+
+Logs go to stdout; the access log is the app's own JSON line, so gunicorn's is
+off. WEB_CONCURRENCY and WEB_THREADS size the pool."""
+import os
+
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread"
+keepalive = 75  # longer than Envoy's idle timeout, so Envoy closes idle connections first
+graceful_timeout = 20
+timeout = 60
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# A minimal JSON shape for gunicorn's own lines (start, worker boot/exit).
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "pms_common.logs.JsonFormatter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stdout"}},
+    "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False}},
+}
+
+
+def post_fork(server, worker):
+    from pms_common.logs import configure_logging
+    configure_logging(os.environ.get("PMS_SERVICE", "web"), os.environ.get("LOG_LEVEL", "INFO"))

@@ -1,0 +1,87 @@
+"""Helpers the tests share: free ports, waiting, real databases and a real broker."""
+import os
+import socket
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+
+import psycopg
+
+POSTGRES_URL_VAR = "PMS_TEST_POSTGRES_URL"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # retried until the deadline
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def postgres_admin_url():
+    return os.environ.get(POSTGRES_URL_VAR)
+
+
+@contextmanager
+def fresh_database(kind, tmp_path, name):
+    """A new, empty database: a SQLite file, or a PostgreSQL database created
+    on the server named by PMS_TEST_POSTGRES_URL and dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / (name + '.db')}"
+        return
+    admin_url = postgres_admin_url()
+    db_name = f"pms_test_{name}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{db_name}".replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+class Broker:
+    """A real Kafka-protocol broker (Tansu, memory storage) on a free port,
+    that a test can stop and start again on the same port."""
+
+    def __init__(self):
+        from stack.parts import tansu_command
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._command = tansu_command(self.port)
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for(self._answers, timeout=20, message=f"broker on {self.bootstrap}")
+        return self
+
+    def _answers(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            return True
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
