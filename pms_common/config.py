@@ -86,12 +86,23 @@ class ServiceConfig:
         self.LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
         self.DATABASE_URL = database_url(self.SERVICE, self.DATA_DIR)
         self.KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        self.load()
         for key, value in overrides.items():
             setattr(self, key, value)
+        # Derived last, so an overridden DATABASE_URL reaches Flask-SQLAlchemy.
+        from .db import engine_options
+        self.SQLALCHEMY_DATABASE_URI = normalize_database_url(self.DATABASE_URL)
+        self.SQLALCHEMY_ENGINE_OPTIONS = engine_options(self.SQLALCHEMY_DATABASE_URI)
+
+    def load(self):
+        """Subclasses read their own settings here (before overrides apply)."""
 
     @property
     def is_dev(self):
         return self.ENV == DEV
 
     def ensure_data_dir(self):
+        """Creates the data folder (and a SQLite file's folder) if missing."""
         Path(self.DATA_DIR).mkdir(parents=True, exist_ok=True)
+        if self.SQLALCHEMY_DATABASE_URI.startswith("sqlite:///"):
+            Path(self.SQLALCHEMY_DATABASE_URI[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

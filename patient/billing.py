@@ -1,0 +1,90 @@
+"""Opening a patient's billing account over gRPC, now or on a later retry."""
+import logging
+import threading
+from datetime import timedelta
+
+import grpc
+import sqlalchemy as sa
+
+from pms_common.logs import request_id_var
+from pms_common.protos import billing_service_pb2, billing_service_pb2_grpc
+
+from .extensions import db
+from .models import BILLING_ACTIVE, BILLING_PENDING, Patient, utcnow
+
+log = logging.getLogger(__name__)
+# Retries start this soon after a failed attempt and double up to the configured maximum.
+FIRST_RETRY_SECONDS = 1.0
+
+
+class BillingClient:
+    """One channel per process, made on first use (gRPC channels must not
+    cross a fork, and gunicorn forks after the app is built)."""
+
+    def __init__(self, address, timeout_seconds):
+        self.address = address
+        self.timeout_seconds = timeout_seconds
+        self._stub = None
+        self._lock = threading.Lock()
+
+    def _get_stub(self):
+        with self._lock:
+            if self._stub is None:
+                channel = grpc.insecure_channel(self.address)
+                self._stub = billing_service_pb2_grpc.BillingServiceStub(channel)
+            return self._stub
+
+    def open_account(self, patient_id, name, email):
+        """Returns the account id; raises grpc.RpcError when billing fails or is slow."""
+        request_id = request_id_var.get()
+        response = self._get_stub().CreateBillingAccount(
+            billing_service_pb2.BillingRequest(patientId=str(patient_id), name=name, email=email),
+            timeout=self.timeout_seconds,
+            metadata=(("x-request-id", request_id),) if request_id else None,
+        )
+        return response.accountId
+
+
+def try_open_account(client, patient_id, name, email, retry_max_seconds):
+    """Asks billing once and records the outcome on the patient row: the
+    account id, or when to try again. Never raises for a billing failure."""
+    try:
+        account_id = client.open_account(patient_id, name, email)
+    except grpc.RpcError as exc:
+        log.warning("billing account not opened yet; will retry",
+                    extra={"patient_id": str(patient_id), "grpc_status": exc.code().name})
+        patient = db.session.get(Patient, patient_id)
+        if patient is not None and patient.billing_status == BILLING_PENDING:
+            delay = min(retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** patient.billing_attempts)
+            db.session.execute(
+                sa.update(Patient).where(Patient.id == patient_id)
+                .values(billing_attempts=Patient.billing_attempts + 1,
+                        billing_next_attempt_at=utcnow() + timedelta(seconds=delay))
+                .execution_options(synchronize_session=False))
+            db.session.commit()
+        return None
+    # A plain UPDATE, not the ORM: the billing fields are not the client's edit,
+    # so they must not bump the version a client's If-Match was read against.
+    db.session.execute(
+        sa.update(Patient).where(Patient.id == patient_id)
+        .values(billing_account_id=account_id, billing_status=BILLING_ACTIVE,
+                billing_next_attempt_at=None)
+        .execution_options(synchronize_session=False))
+    db.session.commit()
+    return account_id
+
+
+def retry_pending_accounts(client, retry_max_seconds, limit=50):
+    """Opens accounts for patients whose billing is still pending and due."""
+    due = db.session.execute(
+        sa.select(Patient.id, Patient.name, Patient.email)
+        .where(Patient.billing_status == BILLING_PENDING,
+               sa.or_(Patient.billing_next_attempt_at.is_(None),
+                      Patient.billing_next_attempt_at <= utcnow()))
+        .order_by(Patient.billing_next_attempt_at).limit(limit)).all()
+    db.session.rollback()
+    opened = 0
+    for patient_id, name, email in due:
+        if try_open_account(client, patient_id, name, email, retry_max_seconds):
+            opened += 1
+    return opened, len(due)

@@ -1,0 +1,23 @@
+from pms_common.config import ServiceConfig, env_float, env_int, service_address
+
+
+class Config(ServiceConfig):
+    SERVICE = "patient"
+    DEFAULT_PORT = 4000
+
+    API_TITLE = "Patient Service"
+    API_VERSION = "1.0"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "openapi.json"
+    # A request body larger than this is refused with 413 before it is parsed.
+    MAX_CONTENT_LENGTH = 64 * 1024
+
+    def load(self):
+        self.BILLING_ADDRESS = service_address("BILLING", 9001)
+        # A create waits this long for billing; after that the worker opens the account.
+        self.BILLING_TIMEOUT_SECONDS = env_float("BILLING_TIMEOUT_SECONDS", 1.0)
+        self.BILLING_RETRY_MAX_SECONDS = env_float("BILLING_RETRY_MAX_SECONDS", 30.0)
+        self.OUTBOX_POLL_SECONDS = env_float("OUTBOX_POLL_SECONDS", 0.05)
+        self.OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)
+        self.EVENTS_TOPIC = "patient"

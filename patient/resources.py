@@ -1,0 +1,162 @@
+"""/patients: list, read, create, update, delete."""
+import logging
+import uuid
+
+import sqlalchemy as sa
+from flask import current_app, request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from pms_common.events import CREATED, DELETED, UPDATED
+
+from .billing import try_open_account
+from .extensions import db
+from .models import Patient
+from .outbox import record_event
+from .schemas import PatientQuerySchema, PatientSchema, PatientUpdateSchema
+
+log = logging.getLogger(__name__)
+
+
+class PatientBlueprint(Blueprint):
+    """If-Match is optional here (a client of the original never sends it):
+    when present it must match, when absent the update goes ahead."""
+
+    def _check_precondition(self):
+        pass
+
+    def _verify_check_etag(self):
+        pass
+
+
+blp = PatientBlueprint("patients", __name__, url_prefix="/patients",
+                       description="Patients: registration, details, updates and removal.")
+
+SORT_COLUMNS = {"name": Patient.name, "dateOfBirth": Patient.date_of_birth,
+                "registeredDate": Patient.registered_date}
+EMAIL_TAKEN = "A patient with this email already exists."
+
+
+def get_or_404(patient_id):
+    patient = db.session.get(Patient, patient_id)
+    if patient is None:
+        abort(404, message=f"Patient {patient_id} not found.")
+    return patient
+
+
+def commit_or_conflict():
+    """Commits; a duplicate email (the unique index) becomes 409, a row changed
+    since it was read becomes 412."""
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        abort(409, message=EMAIL_TAKEN, errors={"json": {"email": [EMAIL_TAKEN]}})
+    except StaleDataError:
+        db.session.rollback()
+        abort(412, message="The patient was changed meanwhile; read it again and retry.")
+
+
+def acting_user():
+    return request.headers.get("X-User-Email")
+
+
+@blp.route("")
+class Patients(MethodView):
+    @blp.arguments(PatientQuerySchema, location="query")
+    @blp.response(200, PatientSchema(many=True))
+    @blp.paginate(page_size=50, max_page_size=500)
+    def get(self, query, pagination_parameters):
+        """List patients
+
+        A bare JSON array, one page at a time (`page`, `page_size`); the
+        `X-Pagination` header has `total`, `total_pages` and the page links.
+        Filter by `name` (substring) or `email` (exact), both case-insensitive.
+        """
+        filters = []
+        if "name" in query:
+            pattern = "%" + query["name"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            filters.append(sa.func.lower(Patient.name).like(pattern, escape="\\"))
+        if "email" in query:
+            filters.append(Patient.email_key == query["email"].lower())
+        sort = query["sort"]
+        column = SORT_COLUMNS[sort.lstrip("-")]
+        order = column.desc() if sort.startswith("-") else column.asc()
+        pagination_parameters.item_count = db.session.scalar(
+            sa.select(sa.func.count()).select_from(Patient).where(*filters))
+        return db.session.scalars(
+            sa.select(Patient).where(*filters).order_by(order, Patient.id)
+            .offset(pagination_parameters.first_item).limit(pagination_parameters.page_size)).all()
+
+    @blp.arguments(PatientSchema)
+    @blp.response(201, PatientSchema)
+    @blp.alt_response(409, description="Another patient has this email")
+    def post(self, data):
+        """Register a patient
+
+        Opens the patient's billing account; if billing does not answer in
+        time the patient is still created (`billingStatus: PENDING`) and the
+        account is opened by a retry. Publishes `PATIENT_CREATED`.
+        """
+        patient = Patient(id=uuid.uuid4(), **data, email_key=data["email"].lower())
+        db.session.add(patient)
+        record_event(patient, CREATED)
+        commit_or_conflict()
+        log.info("patient created", extra={"patient_id": str(patient.id), "by": acting_user()})
+        config = current_app.config
+        try_open_account(current_app.extensions["billing_client"], patient.id, patient.name,
+                         patient.email, config["BILLING_RETRY_MAX_SECONDS"])
+        db.session.refresh(patient)
+        return patient, 201, {"Location": url_for("patients.PatientById", patient_id=patient.id)}
+
+
+@blp.route("/<uuid:patient_id>")
+class PatientById(MethodView):
+    @blp.etag
+    @blp.response(200, PatientSchema)
+    @blp.alt_response(404, description="No such patient")
+    def get(self, patient_id):
+        """Get a patient (with an ETag for a later conditional update)"""
+        return get_or_404(patient_id)
+
+    @blp.etag
+    @blp.arguments(PatientUpdateSchema)
+    @blp.response(200, PatientSchema)
+    @blp.alt_response(404, description="No such patient")
+    @blp.alt_response(409, description="Another patient has this email")
+    def put(self, data, patient_id):
+        """Update a patient
+
+        `registeredDate` may be left out. With `If-Match`, the update happens
+        only if the patient is unchanged since that ETag (else 412).
+        Publishes `PATIENT_UPDATED`.
+        """
+        patient = get_or_404(patient_id)
+        if request.if_match:
+            blp.check_etag(patient, PatientSchema)
+        for key, value in data.items():
+            setattr(patient, key, value)
+        patient.email_key = patient.email.lower()
+        record_event(patient, UPDATED)
+        commit_or_conflict()
+        log.info("patient updated", extra={"patient_id": str(patient_id), "by": acting_user()})
+        return patient
+
+    @blp.etag
+    @blp.response(204)
+    @blp.alt_response(404, description="No such patient")
+    def delete(self, patient_id):
+        """Delete a patient (ADMIN only, enforced at the gateway)
+
+        With `If-Match`, only if unchanged since that ETag. Publishes
+        `PATIENT_DELETED`; billing then closes the account.
+        """
+        patient = get_or_404(patient_id)
+        if request.if_match:
+            blp.check_etag(patient, PatientSchema)
+        record_event(patient, DELETED)
+        db.session.delete(patient)
+        commit_or_conflict()
+        log.info("patient deleted", extra={"patient_id": str(patient_id), "by": acting_user()})

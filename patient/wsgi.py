@@ -1,0 +1,3 @@
+from patient import create_app
+
+app = create_app()
