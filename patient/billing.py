@@ -15,6 +15,9 @@ from .models import BILLING_ACTIVE, BILLING_PENDING, Patient, utcnow
 log = logging.getLogger(__name__)
 # Retries start this soon after a failed attempt and double up to the configured maximum.
 FIRST_RETRY_SECONDS = 1.0
+# Reconnect soon after billing comes back (gRPC's default backoff grows to 2 minutes).
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000),
+                   ("grpc.keepalive_time_ms", 30000)]
 
 
 class BillingClient:
@@ -30,7 +33,7 @@ class BillingClient:
     def _get_stub(self):
         with self._lock:
             if self._stub is None:
-                channel = grpc.insecure_channel(self.address)
+                channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
                 self._stub = billing_service_pb2_grpc.BillingServiceStub(channel)
             return self._stub
 

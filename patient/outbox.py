@@ -76,7 +76,11 @@ class OutboxRelay:
                     log.warning("produce failed; batch retried later", extra={"error": str(exc)})
                     break
             self.producer.poll(0)
-        self.producer.flush(self.ack_timeout)
+        if self.producer.flush(self.ack_timeout):
+            # Not sent in time (broker down): drop the local copies, so the next
+            # round re-sends from the outbox instead of adding late duplicates.
+            self.producer.purge(in_queue=True, in_flight=False)
+            self.producer.poll(0)
         if acknowledged:
             db.session.execute(
                 sa.update(OutboxEvent).where(OutboxEvent.id.in_(acknowledged))

@@ -1,0 +1,103 @@
+"""Every change leaves an event in the outbox in its own transaction; the
+relay publishes it only once the broker acknowledged, so a broker outage
+delays events and loses none."""
+import uuid
+
+import sqlalchemy as sa
+from confluent_kafka import Consumer
+
+from patient.extensions import db
+from patient.models import OutboxEvent
+from patient.outbox import OutboxRelay
+from pms_common.events import PatientEvent
+from pms_common.kafka import consumer_config, ensure_topics
+from tests.patient.conftest import VALID
+from tests.support import wait_for
+
+
+def outbox_rows(app):
+    with app.app_context():
+        rows = db.session.execute(sa.select(OutboxEvent).order_by(OutboxEvent.id)).scalars().all()
+        db.session.expunge_all()
+        return rows
+
+
+def test_each_change_writes_one_event_with_the_change(app, client):
+    created = client.post("/patients", json=VALID).get_json()
+    url = f"/patients/{created['id']}"
+    client.put(url, json={**{k: VALID[k] for k in ("email", "address", "dateOfBirth")}, "name": "Renamed"})
+    client.delete(url)
+    rows = outbox_rows(app)
+    assert [r.event_type for r in rows] == ["PATIENT_CREATED", "PATIENT_UPDATED", "PATIENT_DELETED"]
+    events = [PatientEvent.FromString(r.payload) for r in rows]
+    assert {e.patientId for e in events} == {created["id"]}
+    assert [e.name for e in events] == ["Ada Lovelace", "Renamed", "Renamed"]
+    assert len({e.event_id for e in events}) == 3
+    assert all(e.occurred_at.endswith("Z") and e.email == VALID["email"] for e in events)
+    assert all(r.published_at is None for r in rows)
+
+
+def test_a_rejected_change_writes_no_event(app, client):
+    client.post("/patients", json=VALID)
+    assert client.post("/patients", json={**VALID, "name": "Copy"}).status_code == 409
+    assert client.put(f"/patients/{uuid.uuid4()}", json=VALID).status_code == 404
+    assert len(outbox_rows(app)) == 1
+
+
+def consume(bootstrap, topic, count, timeout=30):
+    """The first `count` distinct events (delivery is at least once: a repeat
+    of an event id is skipped, as consumers do)."""
+    consumer = Consumer(consumer_config(bootstrap, f"test-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([topic])
+    received, seen = [], set()
+    try:
+        def got_all():
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                event = PatientEvent.FromString(message.value())
+                if event.event_id not in seen:
+                    seen.add(event.event_id)
+                    received.append((message.key().decode(), event))
+            return len(received) >= count
+        wait_for(got_all, timeout=timeout, interval=0, message=f"{count} events on {topic}")
+    finally:
+        consumer.close()
+    return received
+
+
+def test_broker_down_keeps_events_and_they_arrive_after_restart(app, client, own_broker):
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    own_broker.stop()
+    ids = [client.post("/patients", json={**VALID, "email": f"p{i}@example.com"}).get_json()["id"]
+           for i in range(5)]
+    with app.app_context():
+        relay = OutboxRelay(own_broker.bootstrap, topic, ack_timeout=1.0)
+        assert relay.publish_pending() == 0  # writes succeeded; nothing acknowledged
+        assert relay.backlog() == 5
+        own_broker.start()
+        ensure_topics(own_broker.bootstrap, [topic])
+        wait_for(lambda: relay.publish_pending() or relay.backlog() == 0, timeout=30,
+                 message="relay to publish after the broker came back")
+        while relay.publish_pending():
+            pass
+        assert relay.backlog() == 0
+        relay.close()
+    received = consume(own_broker.bootstrap, topic, 5)
+    assert sorted(key for key, _ in received) == sorted(ids)
+    assert all(key == event.patientId and event.event_type == "PATIENT_CREATED" for key, event in received)
+    assert all(row.published_at is not None for row in outbox_rows(app))
+
+
+def test_one_patients_events_stay_in_order(app, client, broker):
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [topic])
+    patient_id = client.post("/patients", json=VALID).get_json()["id"]
+    for index in range(10):
+        client.put(f"/patients/{patient_id}", json={
+            **{k: VALID[k] for k in ("email", "address", "dateOfBirth")}, "name": f"Name {index}"})
+    with app.app_context():
+        relay = OutboxRelay(broker.bootstrap, topic)
+        assert relay.publish_pending() == 11
+        relay.close()
+    names = [event.name for _, event in consume(broker.bootstrap, topic, 11)]
+    assert names == ["Ada Lovelace"] + [f"Name {index}" for index in range(10)]
