@@ -20,7 +20,9 @@ logconfig_dict = {
     "formatters": {"json": {"()": "pms_common.logs.JsonFormatter"}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stdout"}},
-    "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False}},
+    "root": {"handlers": ["stdout"], "level": loglevel.upper()},
+    "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False},
+                "gunicorn.access": {"handlers": [], "propagate": False}},
 }
 
 

@@ -5,12 +5,13 @@ RPC, the request id that the gateway set (x-request-id).
 """
 import contextvars
 import json
+import os
 import logging
 import sys
 import time
 
 request_id_var = contextvars.ContextVar("request_id", default=None)
-_service_name = "pms"
+_service_name = os.environ.get("PMS_SERVICE", "pms")
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,5 +47,5 @@ def configure_logging(service, level="INFO"):
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries' chatter stays out unless asked for.
-    for noisy in ("werkzeug", "alembic.runtime.migration", "kafka"):
+    for noisy in ("werkzeug", "alembic", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

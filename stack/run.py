@@ -206,7 +206,7 @@ class Stack:
 
     def watch(self, tail):
         """After start-up: report every part that dies (supervisord restarts it)."""
-        known = {}
+        running_pid = {}
         while not self.stopping.is_set():
             self.check_supervisord()
             try:
@@ -215,11 +215,13 @@ class Stack:
                 infos = []
             for info in infos:
                 name, state, pid = info["name"], info["statename"], info["pid"]
-                before = known.get(name)
-                if before and (state in DEAD_STATES or (state == "RUNNING" and pid != before[1])) \
-                        and before[0] == "RUNNING" and not self.stopping.is_set():
+                was = running_pid.get(name)
+                restarted = state in DEAD_STATES or state == "STARTING" or (state == "RUNNING" and pid != was)
+                if was and restarted and not self.stopping.is_set():
                     self.report_dead(name, tail, f"died (exit status {info['exitstatus']}); restarting")
-                known[name] = (state, pid)
+                    running_pid.pop(name)
+                if state == "RUNNING":
+                    running_pid[name] = pid
             self.stopping.wait(0.5)
 
     def stop(self):

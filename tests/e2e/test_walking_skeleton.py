@@ -1,0 +1,75 @@
+"""The thin path through every real part, through the gateway only."""
+import json
+import os
+import time
+
+import psutil
+import pytest
+import requests
+
+from tests.support import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_create_flows_from_gateway_to_billing_and_analytics(system):
+    assert requests.get(f"{system.url}/health", timeout=5).status_code == 200
+    api = system.session()
+    before = api.get(f"{system.url}/api/analytics/summary", timeout=5).json()["patientsCreated"]
+
+    response = api.post(f"{system.url}/api/patients", timeout=10, json={
+        "name": "Walking Skeleton", "email": "skeleton@example.com", "address": "1 Frame St",
+        "dateOfBirth": "1990-02-03", "registeredDate": "2024-06-01"})
+    assert response.status_code == 201, response.text
+    patient = response.json()
+    assert patient["billingStatus"] == "ACTIVE"
+
+    account = api.get(f"{system.url}/api/billing/accounts/{patient['id']}", timeout=5)
+    assert account.status_code == 200, account.text
+    assert account.json()["accountId"] == patient["billingAccountId"]
+    assert account.json()["status"] == "ACTIVE"
+
+    wait_for(lambda: api.get(f"{system.url}/api/analytics/summary", timeout=5).json()["patientsCreated"]
+             == before + 1, timeout=20, message="analytics to count the new patient")
+
+
+def test_without_a_valid_token_the_gateway_answers_401(system):
+    for headers in ({}, {"Authorization": "Bearer not-a-jwt"}):
+        response = requests.get(f"{system.url}/api/patients", headers=headers, timeout=5)
+        assert response.status_code == 401
+        assert response.json()["code"] == 401
+
+
+def test_the_seeded_patients_and_user_are_there(system):
+    api = system.session()
+    patients = api.get(f"{system.url}/api/patients", params={"page_size": 100}, timeout=5).json()
+    ids = {p["id"] for p in patients}
+    assert "123e4567-e89b-12d3-a456-426614174000" in ids and "223e4567-e89b-12d3-a456-426614174014" in ids
+    # Seeded patients get their billing accounts through the worker's retry.
+    wait_for(lambda: api.get(f"{system.url}/api/billing/accounts/123e4567-e89b-12d3-a456-426614174000",
+                             timeout=5).status_code == 200, timeout=20, message="seed billing account")
+
+
+def test_every_part_logs_json_lines_with_its_name(system):
+    for part in ("patient", "auth", "billing", "analytics", "gateway"):
+        lines = [line.split(" | ", 1)[1] for line in system.log_lines(part) if " | {" in line]
+        assert lines, f"no JSON log lines from {part}"
+        entry = json.loads(lines[-1])
+        assert {"time", "level", "service", "message"} <= set(entry)
+
+
+def test_a_killed_part_is_restarted_and_reported(system):
+    run_dir = system.env["PMS_RUN_DIR"]
+    supervisor_pid = int(open(f"{run_dir}/supervisord.pid").read())
+    children = {p.pid: p for p in psutil.Process(supervisor_pid).children()
+                if "analytics.consumer" in " ".join(p.cmdline())}
+    (pid, process), = children.items()
+    process.kill()
+
+    def restarted():
+        return any("analytics.consumer" in " ".join(p.cmdline()) and p.pid != pid
+                   for p in psutil.Process(supervisor_pid).children())
+
+    wait_for(restarted, timeout=30, message="the consumer to be restarted")
+    wait_for(lambda: any("analytics-consumer died" in line for line in system.output), timeout=10,
+             message="the launcher to report the dead part")
