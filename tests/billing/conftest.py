@@ -1,0 +1,76 @@
+"""A real billing server on port 0 over a migrated database, and a way to
+make a call slow for real (another transaction holds the patient's row)."""
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from billing import Config, create_server, set_ready
+from billing.store import ACTIVE, Store, accounts
+from pms_common.config import normalize_database_url
+from pms_common.protos import billing_service_pb2 as pb
+from pms_common.protos import billing_service_pb2_grpc
+
+
+@pytest.fixture
+def store(database_url):
+    migrated = Store(database_url)
+    migrated.migrate()
+    yield migrated
+    migrated.dispose()
+
+
+@contextmanager
+def serving(store, database_url):
+    config = Config(DATABASE_URL=database_url, EVENTS_ENABLED=False)
+    server, port, health = create_server(config, "127.0.0.1:0", store=store)
+    server.start()
+    set_ready(health, store)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield SimpleNamespace(server=server, port=port, health=health, channel=channel,
+                              stub=billing_service_pb2_grpc.BillingServiceStub(channel))
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+@pytest.fixture
+def billing(store, database_url):
+    with serving(store, database_url) as running:
+        yield running
+
+
+def new_patient_request(patient_id=None, name="Ada Lovelace", email="ada@example.com"):
+    return pb.BillingRequest(patientId=str(patient_id or uuid.uuid4()), name=name, email=email)
+
+
+def account_count(store, patient_id=None):
+    query = sa.select(sa.func.count()).select_from(accounts)
+    if patient_id is not None:
+        query = query.where(accounts.c.patient_id == uuid.UUID(str(patient_id)))
+    with store.engine.connect() as connection:
+        return connection.scalar(query)
+
+
+@contextmanager
+def row_held(database_url, patient_id):
+    """An open transaction that inserted this patient's row: a create for the
+    patient waits for it (on SQLite: any write waits). Rolled back on exit."""
+    engine = sa.create_engine(normalize_database_url(database_url))
+    try:
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            connection.execute(accounts.insert().values(
+                account_id="ACC-HELD", patient_id=uuid.UUID(str(patient_id)), name="held",
+                email="held@example.com", status=ACTIVE, created_at=datetime.now(timezone.utc)))
+            try:
+                yield
+            finally:
+                transaction.rollback()
+    finally:
+        engine.dispose()

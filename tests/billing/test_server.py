@@ -1,0 +1,64 @@
+"""The server's frame: health that tells the truth, reflection, graceful stop."""
+import time
+import uuid
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy.exc import SQLAlchemyError
+
+from billing import SERVICE_NAMES, Config, create_server, set_ready
+from billing.store import Store
+from tests.billing.conftest import account_count, new_patient_request, row_held
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_of(channel, service):
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_health_is_serving_only_once_the_store_is_ready(database_url):
+    store = Store(database_url)  # not migrated yet
+    server, port, health = create_server(Config(DATABASE_URL=database_url), "127.0.0.1:0", store=store)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert health_of(channel, "") == health_of(channel, "BillingService") == NOT_SERVING
+            with pytest.raises(SQLAlchemyError):
+                set_ready(health, store)  # no table yet: stays NOT_SERVING
+            assert health_of(channel, "BillingService") == NOT_SERVING
+
+            store.migrate()
+            set_ready(health, store)
+            assert health_of(channel, "") == health_of(channel, "BillingService") == SERVING
+    finally:
+        server.stop(None)
+        store.dispose()
+
+
+def test_reflection_lists_billing_and_health(billing):
+    stub = reflection_pb2_grpc.ServerReflectionStub(billing.channel)
+    answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {service.name for service in next(answers).list_services_response.service}
+    assert {"BillingService", "grpc.health.v1.Health"} <= names
+    assert SERVICE_NAMES == ("BillingService",)  # no proto package: the original's wire name
+
+
+def test_stop_lets_an_in_flight_call_finish(billing, store, database_url):
+    patient_id = uuid.uuid4()
+    with row_held(database_url, patient_id):
+        in_flight = billing.stub.CreateBillingAccount.future(new_patient_request(patient_id), timeout=15)
+        time.sleep(0.5)  # the call reaches the server and waits for the held row
+        assert not in_flight.done()
+        stopped = billing.server.stop(grace=10)
+        time.sleep(0.3)
+        assert not in_flight.done() and not stopped.is_set()
+    # The holder rolled back: the waiting call goes on and completes within the grace.
+    response = in_flight.result(timeout=10)
+    assert response.status == "ACTIVE" and response.accountId != "ACC-HELD"
+    assert stopped.wait(5)
+    assert account_count(store, patient_id) == 1
