@@ -1,0 +1,8 @@
+from flask_migrate import Migrate
+from flask_smorest import Api
+from flask_sqlalchemy import SQLAlchemy
+
+db = SQLAlchemy()
+# Each service keeps its own version table: one DATABASE_URL may serve them all.
+migrate = Migrate(version_table="alembic_version_auth", compare_type=True)
+api = Api()

@@ -1,0 +1,74 @@
+"""Failed-login throttling per account and per client, counted in the
+database so every gunicorn worker (and replica) sees the same numbers.
+
+An attempt that is refused with 429 is not counted, so a lock lifts once the
+window has passed since the failures that caused it. Concurrent failures may
+overshoot the limit by the number of requests in flight; that only locks sooner."""
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from flask import request
+
+from .extensions import db
+from .models import LoginFailure, utcnow
+
+MAX_CLIENT_KEY_LENGTH = 255
+
+
+def client_address():
+    """Envoy's view of the client, else the last proxy's, else the socket's.
+    (Only the gateway reaches this service, so its headers are trusted.)"""
+    address = request.headers.get("X-Envoy-External-Address", "").strip()
+    if not address:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        address = forwarded.rsplit(",", 1)[-1].strip()
+    return (address or request.remote_addr or "unknown")[:MAX_CLIENT_KEY_LENGTH]
+
+
+def account_key(email):
+    return f"account:{email}"
+
+
+def client_key(address):
+    return f"client:{address}"
+
+
+@dataclass(frozen=True)
+class ThrottleState:
+    retry_after: int  # seconds; 0 means the attempt may go ahead
+    failed_keys: frozenset  # keys with recent failures
+
+
+class LoginThrottle:
+    def __init__(self, max_failures, window_seconds):
+        self.max_failures = max_failures
+        self.window = timedelta(seconds=window_seconds)
+
+    def check(self, keys):
+        """Failures within the window under `keys`, and how long to wait."""
+        now = utcnow()
+        rows = db.session.execute(
+            sa.select(LoginFailure.key, LoginFailure.failed_at)
+            .where(LoginFailure.key.in_(keys), LoginFailure.failed_at > now - self.window)).all()
+        failures = defaultdict(list)
+        for key, failed_at in rows:
+            failures[key].append(failed_at)
+        wait = 0.0
+        for times in failures.values():
+            if len(times) >= self.max_failures:
+                # Allowed again when the max-th most recent failure leaves the window.
+                times.sort(reverse=True)
+                unlock_at = times[self.max_failures - 1] + self.window
+                wait = max(wait, (unlock_at - now).total_seconds())
+        return ThrottleState(retry_after=math.ceil(wait) if wait > 0 else 0,
+                             failed_keys=frozenset(failures))
+
+    def record_failure(self, keys):
+        now = utcnow()
+        db.session.add_all(LoginFailure(key=key, failed_at=now) for key in keys)
+
+    def clear(self, key):
+        db.session.execute(sa.delete(LoginFailure).where(LoginFailure.key == key))

@@ -1,0 +1,3 @@
+from auth import create_app
+
+app = create_app()

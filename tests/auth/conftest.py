@@ -1,0 +1,56 @@
+"""An auth app on a real, migrated database (SQLite and PostgreSQL)."""
+import pytest
+from flask.testing import FlaskClient
+
+from auth import MIGRATIONS_DIR, create_app
+from auth.config import Config
+from auth.extensions import db
+from auth.seed import seed_users
+from pms_common.serve import migrate_and_seed
+from tests.auth.helpers import FAST_ARGON2, JWT_SECRET
+
+AUTH_ENV_VARS = ("PMS_ENV", "JWT_SECRET", "JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES",
+                 "LOGIN_WINDOW_SECONDS", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ARGON2_TIME_COST",
+                 "ARGON2_MEMORY_KIB", "ARGON2_PARALLELISM", "AUTH_DATABASE_URL", "DATABASE_URL")
+
+
+class NoSecretsClient(FlaskClient):
+    """Every response in every test is checked: no password hash ever leaves."""
+
+    def open(self, *args, **kwargs):
+        response = super().open(*args, **kwargs)
+        assert b"$argon2" not in response.get_data()
+        assert b"password_hash" not in response.get_data()
+        return response
+
+
+@pytest.fixture
+def make_app(database_url, tmp_path, monkeypatch):
+    """Builds a migrated (and by default seeded) app; settings override the test defaults."""
+    for name in AUTH_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    apps = []
+
+    def make(seed=True, **settings):
+        config = Config(**{"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
+                           "ENV": "dev", "JWT_SECRET": JWT_SECRET, **FAST_ARGON2, **settings})
+        app = create_app(config)
+        app.test_client_class = NoSecretsClient
+        apps.append(app)
+        migrate_and_seed(app, MIGRATIONS_DIR, seed_users if seed else None)
+        return app
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
