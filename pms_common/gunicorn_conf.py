@@ -11,6 +11,8 @@ keepalive = 75  # longer than Envoy's idle timeout, so Envoy closes idle connect
 graceful_timeout = 20
 timeout = 60
 accesslog = None
+# gunicorn 27's control socket is one fixed path per user: every service would fight over it.
+control_socket_disable = True
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # A minimal JSON shape for gunicorn's own lines (start, worker boot/exit).

@@ -61,6 +61,9 @@ loglevel=warn
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{run_dir}/supervisor.sock
 """]
     for part in parts:
         sections.append(f"""[program:{part.name}]

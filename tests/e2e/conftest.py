@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from stack.parts import PORTS
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_LOGIN = {"email": "testuser@test.com", "password": "password123"}
@@ -64,9 +64,12 @@ class RunningSystem:
         return [line for line in self.output if line.startswith(f"{part} ")]
 
     def token(self, credentials=DEV_LOGIN):
-        response = requests.post(f"{self.url}/auth/login", json=credentials, timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()["token"]
+        """Logs in; waits out a login throttle that another test provoked."""
+        def login():
+            response = requests.post(f"{self.url}/auth/login", json=credentials, timeout=10)
+            assert response.status_code in (200, 429), response.text
+            return response.json()["token"] if response.status_code == 200 else None
+        return wait_for(login, timeout=30, interval=0.5, message="a login")
 
     def session(self, token=None):
         session = requests.Session()
