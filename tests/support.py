@@ -2,34 +2,14 @@
 import os
 import socket
 import subprocess
-import time
 import uuid
 from contextlib import contextmanager
 
 import psycopg
 
+from stack.running import free_port, wait_for  # noqa: F401  (re-exported for tests)
+
 POSTGRES_URL_VAR = "PMS_TEST_POSTGRES_URL"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:  # retried until the deadline
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                         + (f" (last error: {last_error!r})" if last_error else ""))
 
 
 def postgres_admin_url():
