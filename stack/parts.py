@@ -80,7 +80,10 @@ def build_parts(ports, envoy_config):
         Part("analytics-consumer", python + ["analytics.consumer"], priority=40),
         Part("ext-authz", python + ["gateway.ext_authz"],
              lambda: grpc_serving(ports["EXT_AUTHZ_PORT"]), priority=30),
-        Part("gateway", [str(BIN / "envoy"), "-c", str(envoy_config), "--log-level", "warn",
+        # No hot restart: supervisord restarts Envoy, and several Envoys (a test run
+        # beside `make run`) must not share its shared-memory domain socket.
+        Part("gateway", [str(BIN / "envoy"), "-c", str(envoy_config), "--disable-hot-restart",
+                         "--log-level", "warn",
                          "--log-format", '{"time":"%Y-%m-%dT%T.%eZ","level":"%l","service":"gateway",'
                                          '"logger":"%n","message":"%j"}'],
              lambda: http_ok(f"http://127.0.0.1:{ports['GATEWAY_PORT']}/health"), priority=50),
