@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 proto: install ## regenerate pms_common/protos from proto/*.proto
 	$(BIN)/python -m pms_common.protos.codegen
 
-bench: install ## measure the running system (see bench/README.md)
-	$(BIN)/python -m bench
+bench: install ## measure the system (see bench/README.md); needs wrk
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, local data and run files
 	rm -rf $(VENV) data .run
