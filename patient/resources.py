@@ -7,13 +7,13 @@ from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from pms_common.events import CREATED, DELETED, UPDATED
 
 from .billing import try_open_account
 from .extensions import db
-from .models import Patient
+from .models import BILLING_ACTIVE, Patient
 from .outbox import record_event
 from .schemas import PatientQuerySchema, PatientSchema, PatientUpdateSchema
 
@@ -46,16 +46,19 @@ def get_or_404(patient_id):
     return patient
 
 
-def commit_or_conflict():
-    """Commits; a duplicate email (the unique index) becomes 409, a row changed
-    since it was read becomes 412."""
+def commit_or_conflict(patient_id):
+    """Commits; a duplicate email (the unique index) becomes 409; a row that a
+    concurrent request changed since it was read becomes 412, or 404 if that
+    request deleted it."""
     try:
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
         abort(409, message=EMAIL_TAKEN, errors={"json": {"email": [EMAIL_TAKEN]}})
-    except StaleDataError:
+    except (StaleDataError, ObjectDeletedError):
         db.session.rollback()
+        if db.session.get(Patient, patient_id) is None:
+            abort(404, message=f"Patient {patient_id} not found.")
         abort(412, message="The patient was changed meanwhile; read it again and retry.")
 
 
@@ -84,8 +87,10 @@ class Patients(MethodView):
         sort = query["sort"]
         column = SORT_COLUMNS[sort.lstrip("-")]
         order = column.desc() if sort.startswith("-") else column.asc()
-        pagination_parameters.item_count = db.session.scalar(
-            sa.select(sa.func.count()).select_from(Patient).where(*filters))
+        total = db.session.scalar(sa.select(sa.func.count()).select_from(Patient).where(*filters))
+        pagination_parameters.item_count = total
+        if pagination_parameters.first_item >= total:
+            return []  # past the last page (also keeps an absurd page number out of SQL)
         return db.session.scalars(
             sa.select(Patient).where(*filters).order_by(order, Patient.id)
             .offset(pagination_parameters.first_item).limit(pagination_parameters.page_size)).all()
@@ -103,12 +108,13 @@ class Patients(MethodView):
         patient = Patient(id=uuid.uuid4(), **data, email_key=data["email"].lower())
         db.session.add(patient)
         record_event(patient, CREATED)
-        commit_or_conflict()
+        commit_or_conflict(patient.id)
+        db.session.expunge(patient)  # the response is built from what was written
         log.info("patient created", extra={"patient_id": str(patient.id), "by": acting_user()})
-        config = current_app.config
-        try_open_account(current_app.extensions["billing_client"], patient.id, patient.name,
-                         patient.email, config["BILLING_RETRY_MAX_SECONDS"])
-        db.session.refresh(patient)
+        account_id = try_open_account(current_app.extensions["billing_client"], patient.id, patient.name,
+                                      patient.email, current_app.config["BILLING_RETRY_MAX_SECONDS"])
+        if account_id:
+            patient.billing_account_id, patient.billing_status = account_id, BILLING_ACTIVE
         return patient, 201, {"Location": url_for("patients.PatientById", patient_id=patient.id)}
 
 
@@ -140,7 +146,7 @@ class PatientById(MethodView):
             setattr(patient, key, value)
         patient.email_key = patient.email.lower()
         record_event(patient, UPDATED)
-        commit_or_conflict()
+        commit_or_conflict(patient_id)
         log.info("patient updated", extra={"patient_id": str(patient_id), "by": acting_user()})
         return patient
 
@@ -158,5 +164,5 @@ class PatientById(MethodView):
             blp.check_etag(patient, PatientSchema)
         record_event(patient, DELETED)
         db.session.delete(patient)
-        commit_or_conflict()
+        commit_or_conflict(patient_id)
         log.info("patient deleted", extra={"patient_id": str(patient_id), "by": acting_user()})

@@ -204,3 +204,33 @@ def test_errors_share_one_json_shape(client):
                      client.get("/nowhere")):
         body = response.get_json()
         assert {"code", "status"} <= set(body) and body["code"] == response.status_code
+
+
+def test_a_page_past_the_end_is_empty_even_an_absurd_one(client, create):
+    create()
+    for page in (2, 10**30):
+        response = client.get("/patients", query_string={"page": page})
+        assert response.status_code == 200 and response.get_json() == []
+        assert json.loads(response.headers["X-Pagination"])["total"] == 1
+
+
+def test_a_row_deleted_meanwhile_makes_an_update_404_not_500(app, create):
+    """Found by schemathesis: a PUT racing a DELETE. The row goes away between
+    the read and the write, through another connection, for real."""
+    import sqlalchemy as sa
+    from werkzeug.exceptions import HTTPException
+
+    from patient.extensions import db
+    from patient.models import Patient
+    from patient.resources import commit_or_conflict
+
+    patient_id = uuid.UUID(create().get_json()["id"])
+    with app.test_request_context():
+        patient = db.session.get(Patient, patient_id)
+        with db.engine.connect() as other:
+            other.execute(sa.delete(Patient).where(Patient.id == patient_id))
+            other.commit()
+        patient.name = "Too late"
+        with pytest.raises(HTTPException) as raised:
+            commit_or_conflict(patient_id)
+        assert raised.value.code == 404
