@@ -1,0 +1,37 @@
+"""Analytics settings: the base service settings plus the consumer's topic,
+group and liveness timings."""
+from pms_common.config import ConfigError, ServiceConfig, env_float, env_int, env_str
+from pms_common.events import DEAD_LETTER_TOPIC, PATIENT_TOPIC
+
+CONSUMER_GROUP = "analytics-service"
+
+
+class Config(ServiceConfig):
+    SERVICE = "analytics"
+    DEFAULT_PORT = 4002
+
+    def __init__(self, **overrides):
+        # Read before the base applies `overrides`, so an override always wins.
+        self.PATIENT_TOPIC = env_str("ANALYTICS_TOPIC", PATIENT_TOPIC)
+        self.DEAD_LETTER_TOPIC = env_str("ANALYTICS_DLQ_TOPIC", DEAD_LETTER_TOPIC)
+        self.CONSUMER_GROUP = env_str("ANALYTICS_GROUP_ID", CONSUMER_GROUP)
+        self.TOPIC_PARTITIONS = env_int("ANALYTICS_TOPIC_PARTITIONS", 3)
+        # Most messages one database transaction takes.
+        self.BATCH_SIZE = env_int("ANALYTICS_BATCH_SIZE", 500)
+        # How long the broker may hold a fetch open when there is nothing new:
+        # the lag from produce to counted on brokers that answer only then.
+        self.FETCH_WAIT_MS = env_int("ANALYTICS_FETCH_WAIT_MS", 10)
+        self.HEARTBEAT_SECONDS = env_float("CONSUMER_HEARTBEAT_SECONDS", 2.0)
+        self.CONSUMER_STALE_SECONDS = env_float("CONSUMER_STALE_SECONDS", 15.0)
+        super().__init__(**overrides)
+        self.validate()
+
+    def validate(self):
+        if not 0 < self.HEARTBEAT_SECONDS < self.CONSUMER_STALE_SECONDS:
+            raise ConfigError("need 0 < CONSUMER_HEARTBEAT_SECONDS < CONSUMER_STALE_SECONDS, got "
+                              f"{self.HEARTBEAT_SECONDS} and {self.CONSUMER_STALE_SECONDS}")
+        if self.BATCH_SIZE < 1 or self.TOPIC_PARTITIONS < 1 or self.FETCH_WAIT_MS < 1:
+            raise ConfigError("ANALYTICS_BATCH_SIZE, ANALYTICS_TOPIC_PARTITIONS and "
+                              "ANALYTICS_FETCH_WAIT_MS must be at least 1")
+        if not self.PATIENT_TOPIC or self.PATIENT_TOPIC == self.DEAD_LETTER_TOPIC:
+            raise ConfigError("ANALYTICS_TOPIC must be set and differ from ANALYTICS_DLQ_TOPIC")

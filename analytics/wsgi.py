@@ -1,0 +1,4 @@
+"""The WSGI entry gunicorn loads."""
+from analytics import create_app
+
+app = create_app()
