@@ -7,6 +7,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy.exc import IntegrityError
 
+from pms_common.pagination import page_of
+
 from .extensions import db
 from .login import BEARER_AUTH
 from .models import User
@@ -36,11 +38,8 @@ class Users(MethodView):
         A bare JSON array, one page at a time (`page`, `page_size`), oldest
         first; the `X-Pagination` header has the totals. No secrets.
         """
-        pagination_parameters.item_count = db.session.scalar(
-            sa.select(sa.func.count()).select_from(User))
-        return db.session.scalars(
-            sa.select(User).order_by(User.created_at, User.email)
-            .offset(pagination_parameters.first_item).limit(pagination_parameters.page_size)).all()
+        return page_of(db.session, sa.select(User).order_by(User.created_at, User.email),
+                       pagination_parameters)
 
     @blp.doc(security=BEARER_AUTH)
     @blp.arguments(UserCreateSchema)

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from pms_common.events import CREATED, DELETED, UPDATED
+from pms_common.pagination import page_of
 
 from .billing import try_open_account
 from .extensions import db
@@ -87,13 +88,8 @@ class Patients(MethodView):
         sort = query["sort"]
         column = SORT_COLUMNS[sort.lstrip("-")]
         order = column.desc() if sort.startswith("-") else column.asc()
-        total = db.session.scalar(sa.select(sa.func.count()).select_from(Patient).where(*filters))
-        pagination_parameters.item_count = total
-        if pagination_parameters.first_item >= total:
-            return []  # past the last page (also keeps an absurd page number out of SQL)
-        return db.session.scalars(
-            sa.select(Patient).where(*filters).order_by(order, Patient.id)
-            .offset(pagination_parameters.first_item).limit(pagination_parameters.page_size)).all()
+        return page_of(db.session, sa.select(Patient).where(*filters).order_by(order, Patient.id),
+                       pagination_parameters)
 
     @blp.arguments(PatientSchema)
     @blp.response(201, PatientSchema)

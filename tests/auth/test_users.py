@@ -125,3 +125,9 @@ def test_invalid_user_bodies_are_422_naming_the_field_and_write_nothing(app, cli
 def test_malformed_json_is_400(client):
     response = client.post("/users", data="{not json", content_type="application/json")
     assert response.status_code == 400
+
+
+def test_a_page_past_the_end_is_empty_even_an_absurd_one(client):
+    for page in (2, 10**30):
+        response = client.get("/users", query_string={"page": page})
+        assert response.status_code == 200 and response.get_json() == []
