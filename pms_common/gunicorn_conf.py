@@ -7,6 +7,7 @@ import os
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
+limit_request_line = 8190  # the most gunicorn allows; the gateway caps headers at 8 KiB
 keepalive = 75  # longer than Envoy's idle timeout, so Envoy closes idle connections first
 graceful_timeout = 20
 timeout = 60

@@ -20,9 +20,9 @@ def test_no_server_errors_and_responses_match_their_schema(system, service):
         [SCHEMATHESIS, "run", f"{system.url}/api-docs/{service}", "--origin", system.url,
          "-H", f"Authorization: Bearer {token}",
          "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
-         "--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--max-time", "60",
+         "--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--max-time", "40",
          "--workers", "2", "--seed", "1", "--no-color", *EXCLUDED.get(service, [])],
         capture_output=True, text=True, timeout=300)
-    summary = result.stdout[-3000:]
-    assert result.returncode == 0, summary
-    assert "No issues found" in summary or "passed" in summary.lower(), summary
+    failures = result.stdout.split("FAILURES", 1)[-1][:6000]
+    assert result.returncode == 0, failures
+    assert "Test cases:" in result.stdout, result.stdout[-2000:]
