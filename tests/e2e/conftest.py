@@ -1,4 +1,7 @@
 """The whole system, started the way `make run` starts it, on free ports."""
+import subprocess
+import sys
+
 import pytest
 
 from stack.running import RunningSystem
@@ -12,3 +15,12 @@ def system(tmp_path_factory):
     running = RunningSystem(tmp_path_factory.mktemp("system"), TEST_SETTINGS).start()
     yield running
     running.stop()
+
+
+def supervisorctl(system, *args):
+    """Stops, starts or inspects a part for real, as an operator would."""
+    result = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
+                             f"{system.env['PMS_RUN_DIR']}/supervisord.conf", *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout

@@ -2,8 +2,6 @@
 identity headers cannot be forged, and auth being down never lets anyone in."""
 import base64
 import json
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +10,7 @@ import jwt
 import pytest
 import requests
 
+from tests.e2e.conftest import supervisorctl
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -132,15 +131,6 @@ def test_login_throttling_then_recovery(system):
     wait_for(lambda: requests.post(f"{system.url}/auth/login", json={"email": email, "password": password},
                                    timeout=10).status_code == 200, timeout=15, interval=0.5,
              message="login to work again after the window")
-
-
-def supervisorctl(system, *args):
-    """Stops or starts a part for real, as an operator would."""
-    result = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
-                             f"{system.env['PMS_RUN_DIR']}/supervisord.conf", *args],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 def test_auth_down_never_lets_anyone_in(system):

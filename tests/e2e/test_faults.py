@@ -1,0 +1,119 @@
+"""Faults with real processes: a part stopped or killed while the system
+works, then back. No create is lost, nothing is counted twice or half-written."""
+import os
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from tests.e2e.conftest import supervisorctl
+from tests.support import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def new_patient(tag):
+    return {"name": f"Fault {tag}", "email": f"fault-{tag}-{uuid.uuid4().hex[:10]}@example.com",
+            "address": "1 Fault Line", "dateOfBirth": "1970-01-01", "registeredDate": "2024-01-01"}
+
+
+def created_count(system, api):
+    return api.get(f"{system.url}/api/analytics/summary", timeout=10).json()["patientsCreated"]
+
+
+def create_many(system, api, count, tag, workers=8):
+    def one(index):
+        return api.post(f"{system.url}/api/patients", json=new_patient(f"{tag}{index}"), timeout=20)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def part_pid(system, name):
+    status = supervisorctl(system, "pid", name).strip()
+    return int(status)
+
+
+def test_broker_down_during_creates_then_back_counts_every_one(system):
+    api = system.session()
+    before = created_count(system, api)
+    supervisorctl(system, "stop", "broker")
+    try:
+        responses = create_many(system, api, 200, "broker")
+    finally:
+        supervisorctl(system, "start", "broker")
+    assert [r.status_code for r in responses] == [201] * 200
+    wait_for(lambda: created_count(system, api) >= before + 200, timeout=120, interval=0.5,
+             message="analytics to count the 200 creates after the broker returned")
+    time.sleep(3)  # anything counted twice would show up now
+    assert created_count(system, api) == before + 200
+
+
+def test_billing_down_then_back_every_patient_gets_an_account(system):
+    api = system.session()
+    supervisorctl(system, "stop", "billing")
+    try:
+        responses = create_many(system, api, 20, "billing")
+    finally:
+        supervisorctl(system, "start", "billing")
+    assert [r.status_code for r in responses] == [201] * 20
+    assert {r.json()["billingStatus"] for r in responses} == {"PENDING"}
+
+    def all_active():
+        return all(api.get(f"{system.url}/api/patients/{r.json()['id']}", timeout=10).json()["billingStatus"]
+                   == "ACTIVE" for r in responses)
+
+    wait_for(all_active, timeout=90, interval=1, message="every patient to get its account")
+    for response in responses:
+        account = api.get(f"{system.url}/api/billing/accounts/{response.json()['id']}", timeout=10)
+        assert account.status_code == 200 and account.json()["status"] == "ACTIVE"
+
+
+def test_parts_killed_under_load_are_restarted_and_errors_stay_under_one_percent(system):
+    api = system.session()
+    before = created_count(system, api)
+    outcomes, created, stop = [], [], threading.Event()
+
+    def load(worker):
+        index = 0
+        while not stop.is_set():
+            index += 1
+            if index % 4 == 0:
+                response = api.post(f"{system.url}/api/patients", json=new_patient(f"k{worker}-{index}"),
+                                    timeout=20)
+                if response.status_code == 201:
+                    created.append(response.json()["id"])
+            else:
+                response = api.get(f"{system.url}/api/patients", params={"page_size": 5}, timeout=20)
+            outcomes.append(response.status_code)
+
+    billing_pid, consumer_pid = part_pid(system, "billing"), part_pid(system, "analytics-consumer")
+    patient_workers = psutil.Process(part_pid(system, "patient")).children()
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    os.kill(billing_pid, signal.SIGKILL)
+    os.kill(consumer_pid, signal.SIGKILL)
+    patient_workers[0].kill()  # a gunicorn worker mid-request; its master replaces it
+    time.sleep(10)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    errors = [status for status in outcomes if status >= 500]
+    assert len(outcomes) > 100
+    assert len(errors) / len(outcomes) < 0.01, f"{len(errors)} errors in {len(outcomes)} requests"
+    wait_for(lambda: part_pid(system, "billing") not in (0, billing_pid), timeout=30,
+             message="billing to be restarted")
+    wait_for(lambda: part_pid(system, "analytics-consumer") not in (0, consumer_pid), timeout=30,
+             message="the consumer to be restarted")
+    # Nothing half-written: every created patient is counted exactly once and gets its account.
+    wait_for(lambda: created_count(system, api) >= before + len(created), timeout=90, interval=0.5,
+             message="analytics to count every create")
+    assert created_count(system, api) == before + len(created)
+    wait_for(lambda: all(api.get(f"{system.url}/api/billing/accounts/{pid}", timeout=10).status_code == 200
+                         for pid in created), timeout=90, interval=1, message="every account")
