@@ -5,8 +5,8 @@ from pathlib import Path
 from flask import Flask, current_app, jsonify
 from sqlalchemy.exc import OperationalError
 
-from pms_common.db import check_database, engine_options
-from pms_common.web import error_body, health_blueprint, init_request_context
+from pms_common.db import check_database
+from pms_common.web import api_spec_options, error_body, health_blueprint, init_request_context
 
 from . import store
 from .config import Config
@@ -19,21 +19,7 @@ def create_app(config=None):
     config = config or Config()
     app = Flask(__name__)
     app.config.from_object(config)
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=config.DATABASE_URL,
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(config.DATABASE_URL),
-        API_TITLE="Analytics API",
-        API_VERSION="1.0",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-        API_SPEC_OPTIONS={
-            "servers": [{"url": "/api", "description": "through the gateway"}],
-            "security": [{"bearerAuth": []}],
-            "components": {"securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
-        },
-    )
+    app.config["API_SPEC_OPTIONS"] = api_spec_options("/api")
     init_request_context(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))

@@ -10,8 +10,13 @@ class Config(ServiceConfig):
     SERVICE = "analytics"
     DEFAULT_PORT = 4002
 
+    API_TITLE = "Analytics API"
+
     def __init__(self, **overrides):
-        # Read before the base applies `overrides`, so an override always wins.
+        super().__init__(**overrides)
+        self.validate()
+
+    def load(self):
         self.PATIENT_TOPIC = env_str("ANALYTICS_TOPIC", PATIENT_TOPIC)
         self.DEAD_LETTER_TOPIC = env_str("ANALYTICS_DLQ_TOPIC", DEAD_LETTER_TOPIC)
         self.CONSUMER_GROUP = env_str("ANALYTICS_GROUP_ID", CONSUMER_GROUP)
@@ -23,8 +28,6 @@ class Config(ServiceConfig):
         self.FETCH_WAIT_MS = env_int("ANALYTICS_FETCH_WAIT_MS", 10)
         self.HEARTBEAT_SECONDS = env_float("CONSUMER_HEARTBEAT_SECONDS", 2.0)
         self.CONSUMER_STALE_SECONDS = env_float("CONSUMER_STALE_SECONDS", 15.0)
-        super().__init__(**overrides)
-        self.validate()
 
     def validate(self):
         if not 0 < self.HEARTBEAT_SECONDS < self.CONSUMER_STALE_SECONDS:

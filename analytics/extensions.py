@@ -4,5 +4,6 @@ from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 
 db = SQLAlchemy()
-migrate = Migrate()
+# Each service keeps its own version table: one DATABASE_URL may serve them all.
+migrate = Migrate(version_table="alembic_version_analytics", compare_type=True)
 api = Api()

@@ -3,7 +3,7 @@ that the gateway validates on every request, logout by token id."""
 from flask import Flask
 
 from pms_common.db import check_database
-from pms_common.web import health_blueprint, init_request_context
+from pms_common.web import api_spec_options, health_blueprint, init_request_context
 
 from . import login, users
 from .config import Config
@@ -23,11 +23,8 @@ def create_app(config=None):
     config.ensure_data_dir()
     app = Flask(__name__)
     app.config.from_object(config)
-    app.config["API_SPEC_OPTIONS"] = {
-        "servers": [{"url": "/auth", "description": "through the gateway"}],
-        "components": {"securitySchemes": {
-            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
-    }
+    # Login needs no token: each endpoint that does says so itself.
+    app.config["API_SPEC_OPTIONS"] = api_spec_options("/auth", secured=False)
     app.json.sort_keys = False
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)

@@ -19,10 +19,6 @@ class Config(ServiceConfig):
     DEFAULT_PORT = 4005
 
     API_TITLE = "Auth Service"
-    API_VERSION = "1.0"
-    OPENAPI_VERSION = "3.0.3"
-    OPENAPI_URL_PREFIX = "/"
-    OPENAPI_JSON_PATH = "openapi.json"
     # A request body larger than this is refused with 413 before it is parsed.
     MAX_CONTENT_LENGTH = 16 * 1024
 

@@ -1,18 +1,5 @@
-from pms_common.config import ConfigError, ServiceConfig, env_float, env_int, env_str
+from pms_common.config import ServiceConfig, env_bool, env_float, env_int, env_str
 from pms_common.events import PATIENT_TOPIC
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def env_bool(name, default):
-    raw = env_str(name)
-    if raw is None:
-        return default
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 class Config(ServiceConfig):

@@ -3,7 +3,7 @@ change events through a transactional outbox."""
 from flask import Flask
 
 from pms_common.db import check_database
-from pms_common.web import health_blueprint, init_request_context
+from pms_common.web import api_spec_options, health_blueprint, init_request_context
 
 from .billing import BillingClient
 from .config import Config
@@ -18,12 +18,7 @@ def create_app(config=None):
     config = config or Config()
     config.ensure_data_dir()
     app.config.from_object(config)
-    app.config["API_SPEC_OPTIONS"] = {
-        "servers": [{"url": "/api", "description": "through the gateway"}],
-        "components": {"securitySchemes": {
-            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
-        "security": [{"bearerAuth": []}],
-    }
+    app.config["API_SPEC_OPTIONS"] = api_spec_options("/api")
     app.json.sort_keys = False
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)

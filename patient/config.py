@@ -6,10 +6,6 @@ class Config(ServiceConfig):
     DEFAULT_PORT = 4000
 
     API_TITLE = "Patient Service"
-    API_VERSION = "1.0"
-    OPENAPI_VERSION = "3.0.3"
-    OPENAPI_URL_PREFIX = "/"
-    OPENAPI_JSON_PATH = "openapi.json"
     # A request body larger than this is refused with 413 before it is parsed.
     MAX_CONTENT_LENGTH = 64 * 1024
 

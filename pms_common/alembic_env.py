@@ -2,13 +2,37 @@
 
 Each service's env.py is just `run_migrations()`. Logging is left as the entry
 point configured it (no fileConfig), and per-service options such as the
-version table come from `Migrate(..., version_table=...)`."""
+version table come from `Migrate(..., version_table=...)`.
+
+Two processes of one service (an API and its worker, or two replicas) may
+upgrade at the same moment, so an upgrade holds a lock: a transaction-scoped
+advisory lock on PostgreSQL, a file lock beside the database on SQLite. The
+one that waited then finds the schema current and does nothing.
+"""
+import fcntl
 import logging
+import zlib
+from contextlib import contextmanager
 
 from alembic import context
 from flask import current_app
+from sqlalchemy import text
 
 log = logging.getLogger("alembic.env")
+
+
+@contextmanager
+def sqlite_file_lock(url):
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def run_migrations():
@@ -17,6 +41,8 @@ def run_migrations():
     engine = db.engine
     configure_args = dict(migrate_ext.configure_args)
     configure_args.setdefault("render_as_batch", engine.url.get_backend_name() == "sqlite")
+    # Same key in every process that migrates this service's tables.
+    lock_key = zlib.crc32(configure_args.get("version_table", "alembic_version").encode())
 
     if context.is_offline_mode():
         context.configure(url=str(engine.url).replace("%", "%%"), target_metadata=db.metadata,
@@ -30,8 +56,10 @@ def run_migrations():
             directives[:] = []
             log.info("No changes in schema detected.")
 
-    with engine.connect() as connection:
+    with sqlite_file_lock(engine.url), engine.connect() as connection:
         context.configure(connection=connection, target_metadata=db.metadata,
                           process_revision_directives=skip_empty, **configure_args)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
             context.run_migrations()

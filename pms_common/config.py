@@ -41,6 +41,17 @@ def env_float(name, default):
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def env_bool(name, default):
+    raw = env_str(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def service_address(name, default_port):
     """host:port of another part, from <NAME>_HOST and <NAME>_PORT."""
     return f"{env_str(f'{name}_HOST', '127.0.0.1')}:{env_int(f'{name}_PORT', default_port)}"
@@ -75,6 +86,12 @@ class ServiceConfig:
 
     SERVICE = None
     DEFAULT_PORT = None
+    # flask-smorest: each HTTP service serves its OpenAPI document at /openapi.json
+    # (the gateway publishes it as /api-docs/<service>); Swagger UI is the gateway's.
+    API_VERSION = "1.0"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "openapi.json"
 
     def __init__(self, **overrides):
         self.ENV = env_str("PMS_ENV", DEV)

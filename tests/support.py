@@ -17,6 +17,28 @@ def postgres_admin_url():
 
 
 @contextmanager
+def migrated_apps(create_app, migrations_dir, db):
+    """Yields build(config, seed=None) -> a Flask app on its migrated database;
+    afterwards closes every app's engine, so a test database can be dropped."""
+    from pms_common.serve import migrate_and_seed
+
+    apps = []
+
+    def build(config, seed=None):
+        app = create_app(config)
+        migrate_and_seed(app, migrations_dir, seed)
+        apps.append(app)
+        return app
+
+    try:
+        yield build
+    finally:
+        for app in apps:
+            with app.app_context():
+                db.engine.dispose()
+
+
+@contextmanager
 def fresh_database(kind, tmp_path, name):
     """A new, empty database: a SQLite file, or a PostgreSQL database created
     on the server named by PMS_TEST_POSTGRES_URL and dropped afterwards."""

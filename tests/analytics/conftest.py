@@ -10,7 +10,7 @@ from analytics import MIGRATIONS_DIR, create_app
 from analytics.config import Config
 from analytics.consumer import PatientEventConsumer
 from analytics.extensions import db
-from pms_common.serve import migrate_and_seed
+from tests.support import migrated_apps
 
 PARTITIONS = 3
 
@@ -26,19 +26,12 @@ def make_config(database_url, bootstrap="127.0.0.1:1", **overrides):
 @pytest.fixture
 def app_factory(tmp_path):
     """Builds migrated apps; their engines are closed before the database is dropped."""
-    apps = []
+    with migrated_apps(create_app, MIGRATIONS_DIR, db) as build:
+        def build_in_tmp(config):
+            config.DATA_DIR = str(tmp_path)
+            return build(config)
 
-    def build(config):
-        config.DATA_DIR = str(tmp_path)
-        app = create_app(config)
-        migrate_and_seed(app, MIGRATIONS_DIR)
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        with app.app_context():
-            db.engine.dispose()
+        yield build_in_tmp
 
 
 @pytest.fixture

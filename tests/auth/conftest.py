@@ -6,8 +6,8 @@ from auth import MIGRATIONS_DIR, create_app
 from auth.config import Config
 from auth.extensions import db
 from auth.seed import seed_users
-from pms_common.serve import migrate_and_seed
 from tests.auth.helpers import FAST_ARGON2, JWT_SECRET
+from tests.support import migrated_apps
 
 AUTH_ENV_VARS = ("PMS_ENV", "JWT_SECRET", "JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES",
                  "LOGIN_WINDOW_SECONDS", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ARGON2_TIME_COST",
@@ -29,21 +29,19 @@ def make_app(database_url, tmp_path, monkeypatch):
     """Builds a migrated (and by default seeded) app; settings override the test defaults."""
     for name in AUTH_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    apps = []
 
-    def make(seed=True, **settings):
-        config = Config(**{"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
-                           "ENV": "dev", "JWT_SECRET": JWT_SECRET, **FAST_ARGON2, **settings})
+    def with_checked_responses(config):
         app = create_app(config)
         app.test_client_class = NoSecretsClient
-        apps.append(app)
-        migrate_and_seed(app, MIGRATIONS_DIR, seed_users if seed else None)
         return app
 
-    yield make
-    for app in apps:
-        with app.app_context():
-            db.engine.dispose()
+    with migrated_apps(with_checked_responses, MIGRATIONS_DIR, db) as build:
+        def make(seed=True, **settings):
+            config = Config(**{"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
+                               "ENV": "dev", "JWT_SECRET": JWT_SECRET, **FAST_ARGON2, **settings})
+            return build(config, seed_users if seed else None)
+
+        yield make
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from billing.config import Config as BillingConfig
 from billing.store import Store
 from patient import MIGRATIONS_DIR, create_app
 from patient.config import Config
-from pms_common.serve import migrate_and_seed
-from tests.support import free_port
+from patient.extensions import db
+from tests.support import free_port, migrated_apps
 
 VALID = {"name": "Ada Lovelace", "email": "ada@example.com", "address": "12 St James's Sq, London",
          "dateOfBirth": "1985-12-10", "registeredDate": "2024-05-01"}
@@ -47,21 +47,13 @@ def billing(tmp_path):
 @pytest.fixture
 def make_app(database_url, billing):
     """Builds a migrated patient app; keyword arguments override its Config."""
-    apps = []
+    with migrated_apps(create_app, MIGRATIONS_DIR, db) as build:
+        def factory(**overrides):
+            settings = {"DATABASE_URL": database_url, "BILLING_ADDRESS": billing.address,
+                        "BILLING_TIMEOUT_SECONDS": 2.0, **overrides}
+            return build(Config(**settings))
 
-    def factory(**overrides):
-        settings = {"DATABASE_URL": database_url, "BILLING_ADDRESS": billing.address,
-                    "BILLING_TIMEOUT_SECONDS": 2.0, **overrides}
-        app = create_app(Config(**settings))
-        migrate_and_seed(app, MIGRATIONS_DIR)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        with app.app_context():
-            from patient.extensions import db
-            db.engine.dispose()
+        yield factory
 
 
 @pytest.fixture

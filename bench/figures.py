@@ -1,0 +1,217 @@
+"""The measurements behind `make bench`; each returns (value, detail)."""
+import re
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import requests
+
+from stack.parts import ROOT
+from stack.running import RunningSystem, wait_for
+
+CREATE_SCRIPT = Path(__file__).with_name("create.lua")
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+@contextmanager
+def system(work_dir, database_url):
+    running = RunningSystem(work_dir, {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def wrk(url, seconds, connections, headers=(), script=None, script_args=()):
+    """Runs wrk; returns requests/s, p50 and p99 in ms, and non-2xx count."""
+    command = ["wrk", f"-t{min(4, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency",
+               "--timeout", "5s"]
+    for header in headers:
+        command += ["-H", header]
+    if script:
+        command += ["-s", str(script)]
+    command.append(url)
+    if script_args:
+        command += ["--", *script_args]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    def latency(percent):
+        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
+        return round(float(value) * UNITS[unit], 2)
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    return {"rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), 1),
+            "p50_ms": latency(50), "p99_ms": latency(99),
+            "errors": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else "none"}
+
+
+def any_patient_id(running, api):
+    return api.get(f"{running.url}/api/patients", timeout=10).json()[0]["id"]
+
+
+def p1_gateway_read(running, seconds, connections):
+    """Authenticated GET /api/patients/{id} through the gateway vs straight to patient."""
+    token = running.token()
+    patient_id = any_patient_id(running, running.session(token))
+    direct = f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients/{patient_id}"
+    wrk(direct, 2, connections)  # warm up connections and caches
+    straight = wrk(direct, seconds, connections)
+    gateway = wrk(f"{running.url}/api/patients/{patient_id}", seconds, connections,
+                  headers=[f"Authorization: Bearer {token}"])
+    ratio = round(gateway["rps"] / straight["rps"], 2)
+    return ratio, {"gateway_rps": gateway["rps"], "direct_rps": straight["rps"],
+                   "gateway_p99_ms": gateway["p99_ms"], "direct_p99_ms": straight["p99_ms"],
+                   "gateway_errors": gateway["errors"], "connections": connections}
+
+
+def raw_insert_rate(database_url, seconds=5):
+    """Single-row INSERT + COMMIT from one Python client: the floor of a write."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id uuid PRIMARY KEY, name text, "
+                     "email text UNIQUE, created_at timestamptz DEFAULT now())")
+        conn.commit()
+        count, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            conn.execute("INSERT INTO bench_raw (id, name, email) VALUES (%s, %s, %s)",
+                         (uuid.uuid4(), "Raw", f"{uuid.uuid4().hex}@example.com"))
+            conn.commit()
+            count += 1
+        conn.execute("DROP TABLE bench_raw")
+        conn.commit()
+    return round(count / seconds, 1)
+
+
+def p2_create(running, database_url, seconds, connections):
+    """POST /api/patients end to end (database, billing, outbox) vs the raw insert loop."""
+    token = running.token()
+    run_id = uuid.uuid4().hex[:8]
+    gateway = wrk(f"{running.url}/api/patients", seconds, connections, script=CREATE_SCRIPT,
+                  headers=[f"Authorization: Bearer {token}"], script_args=[run_id + "g"])
+    direct = wrk(f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients", seconds, connections,
+                 script=CREATE_SCRIPT, script_args=[run_id + "d"])
+    raw = raw_insert_rate(database_url.replace("postgresql+psycopg://", "postgresql://"))
+    reads = wrk(f"{running.url}/api/patients", seconds, connections,
+                headers=[f"Authorization: Bearer {token}"])
+    ratio = round(gateway["rps"] / raw, 2)
+    return ratio, {"creates_per_s": gateway["rps"], "p50_ms": gateway["p50_ms"], "p99_ms": gateway["p99_ms"],
+                   "errors": gateway["errors"], "raw_inserts_per_s": raw,
+                   "direct_creates_per_s": direct["rps"], "direct_p99_ms": direct["p99_ms"],
+                   "gateway_list_reads_per_s": reads["rps"], "connections": connections}
+
+
+def p3_event_lag(running, rate, seconds):
+    """Time from a create's 201 to the moment analytics' summary counts it."""
+    api = running.session()
+    summary_url = f"http://127.0.0.1:{running.ports['ANALYTICS_PORT']}/analytics/summary"
+    poller = requests.Session()
+    base = poller.get(summary_url, timeout=5).json()["patientsCreated"]
+    total = rate * seconds
+    observed = []  # (time, patientsCreated)
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            observed.append((time.monotonic(), poller.get(summary_url, timeout=5).json()["patientsCreated"]))
+            time.sleep(0.005)
+
+    def create(index):
+        response = api.post(f"{running.url}/api/patients", timeout=10, json={
+            "name": f"Lag {index}", "email": f"lag-{uuid.uuid4().hex}@example.com", "address": "1 Lag St",
+            "dateOfBirth": "1980-01-01", "registeredDate": "2024-01-01"})
+        assert response.status_code == 201, response.text
+        return time.monotonic()
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = []
+        for index in range(total):
+            time.sleep(max(0.0, started + index / rate - time.monotonic()))
+            futures.append(pool.submit(create, index))
+        done = sorted(future.result() for future in futures)
+    wait_for(lambda: observed and observed[-1][1] >= base + total, timeout=60, message="all events counted")
+    stop.set()
+    watcher.join()
+    lags = []
+    for rank, finished in enumerate(done, start=1):
+        counted = next(t for t, count in observed if count >= base + rank)
+        lags.append(max(0.0, counted - finished) * 1000)
+    lags.sort()
+    p99 = round(lags[int(len(lags) * 0.99) - 1], 1)
+    return p99, {"p50_ms": round(statistics.median(lags), 1), "p99_ms": p99, "creates": total,
+                 "rate_per_s": rate}
+
+
+def p4_list_scaling(admin_url):
+    """A filtered list, page 1 and a deep page, with 1 k and with 1 M patients."""
+    from patient import MIGRATIONS_DIR, create_app
+    from patient.config import Config
+    from pms_common.serve import migrate_and_seed
+
+    timings = {}
+    for size in (1_000, 1_000_000):
+        name = f"pms_bench_p4_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = admin_url.rsplit("/", 1)[0] + "/" + name
+        try:
+            app = create_app(Config(DATABASE_URL=url, ENV="production"))
+            migrate_and_seed(app, MIGRATIONS_DIR)
+            with psycopg.connect(url) as conn:
+                # Everyone gets a generated name; 200 share a rare surname the filter looks for.
+                conn.execute("""
+                    INSERT INTO patients (id, name, email, email_key, address, date_of_birth,
+                        registered_date, billing_status, billing_attempts, created_at, updated_at, version)
+                    SELECT gen_random_uuid(),
+                           CASE WHEN n %% (%s / 200) = 0 THEN 'Quixotic Zephyrine ' || n
+                                ELSE md5(n::text) || ' ' || md5((n * 7)::text) END,
+                           'p' || n || '@example.com', 'p' || n || '@example.com', 'Somewhere',
+                           DATE '1950-01-01' + (n %% 20000), DATE '2020-01-01' + (n %% 1500),
+                           'ACTIVE', 0, now(), now(), 1
+                    FROM generate_series(1, %s) AS n""", (size, size))
+                conn.commit()
+                conn.execute("ANALYZE patients")
+            client = app.test_client()
+            for label, query in (("page1", {"name": "zephyr", "page": 1, "page_size": 20}),
+                                 ("deep", {"name": "zephyr", "page": 10, "page_size": 20})):
+                for _ in range(5):  # warm up
+                    client.get("/patients", query_string=query)
+                samples = []
+                for _ in range(30):
+                    started = time.perf_counter()
+                    response = client.get("/patients", query_string=query)
+                    samples.append((time.perf_counter() - started) * 1000)
+                    assert response.status_code == 200 and len(response.get_json()) == 20
+                timings[(size, label)] = statistics.median(samples)
+            with app.app_context():
+                from patient.extensions import db
+                db.engine.dispose()
+        finally:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    ratio = round(max(timings[(1_000_000, label)] / timings[(1_000, label)] for label in ("page1", "deep")), 2)
+    return ratio, {f"{label}_{size // 1000}k_ms": round(ms, 2) for (size, label), ms in timings.items()}
+
+
+def p5_start_time(work_dir):
+    """`make run` to ready: from a fresh clone (creates .venv, installs), then again (warm)."""
+    clone = work_dir / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    times = {}
+    for label in ("cold", "warm"):
+        running = RunningSystem(work_dir / label, cwd=clone, python=str(clone / ".venv" / "bin" / "python"))
+        started = time.monotonic()
+        running.start(timeout=900, command=["make", "run"])
+        times[label] = round(time.monotonic() - started, 1)
+        running.stop()
+    return times["cold"], {"cold_s": times["cold"], "warm_s": times["warm"]}
+
