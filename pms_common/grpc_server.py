@@ -65,18 +65,15 @@ def set_serving(health_servicer, service_names, serving=True):
         health_servicer.set(name, status)
 
 
-def serve_until_signalled(server, health_servicer, service_names, grace=10.0, on_stop=None):
+def serve_until_signalled(server, health_servicer, service_names, grace=10.0):
     """Blocks until SIGTERM/SIGINT, then drains: NOT_SERVING first so load
-    balancers stop sending, then stop(grace) lets in-flight calls finish.
-    `on_stop()` runs first (stop background work that might flip health back)."""
+    balancers stop sending, then stop(grace) lets in-flight calls finish."""
     stopping = threading.Event()
 
     def _stop(signum, _frame):
         if stopping.is_set():
             return
         stopping.set()
-        if on_stop is not None:
-            on_stop()
         log.info("signal %s: draining for up to %.0fs", signum, grace)
         set_serving(health_servicer, service_names, serving=False)
         server.stop(grace)

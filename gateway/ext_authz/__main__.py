@@ -1,21 +1,16 @@
 """`python -m gateway.ext_authz`: serve until SIGTERM."""
-import threading
+import asyncio
 
-from pms_common.grpc_server import serve_until_signalled
 from pms_common.logs import configure_logging
 
-from . import SERVICE_NAMES, create_server, watch_auth
+from . import serve
 from .config import Config
 
 
 def main():
     config = Config()
     configure_logging("ext_authz", config.LOG_LEVEL)
-    server, _port, health, _validator = create_server(config)
-    server.start()
-    stop = threading.Event()
-    threading.Thread(target=watch_auth, args=(config, health, stop), daemon=True).start()
-    serve_until_signalled(server, health, SERVICE_NAMES, on_stop=stop.set)
+    asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

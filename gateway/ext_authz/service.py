@@ -1,5 +1,6 @@
 """envoy.service.auth.v3.Authorization: has auth validate the bearer token,
 then allows (passing the user and role upstream) or denies (401/403/503)."""
+import asyncio
 import json
 import logging
 import threading
@@ -10,8 +11,6 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
-
-from pms_common.logs import request_id_var
 
 log = logging.getLogger(__name__)
 ROLES_RANK = {"USER": 1, "ADMIN": 2}
@@ -35,16 +34,20 @@ class TokenValidator:
         self._cache = {}
         self._lock = threading.Lock()
 
-    def identity(self, token):
-        """(email, role) for a valid token, None for an invalid one."""
-        now = time.monotonic()
+    def cached(self, token):
+        """(email, role) if auth said yes to this token recently, else None."""
         with self._lock:
-            cached = self._cache.get(token)
-        if cached and cached[2] > now:
-            return cached[0], cached[1]
+            entry = self._cache.get(token)
+        if entry and entry[2] > time.monotonic():
+            return entry[0], entry[1]
+        return None
+
+    def identity(self, token, request_id=None):
+        """Asks auth: (email, role) for a valid token, None for an invalid one."""
+        now = time.monotonic()
         headers = {"Authorization": f"Bearer {token}"}
-        if request_id_var.get():
-            headers["X-Request-Id"] = request_id_var.get()
+        if request_id:
+            headers["X-Request-Id"] = request_id
         try:
             response = self.http.request("GET", self.validate_url, headers=headers)
         except urllib3.exceptions.HTTPError as exc:
@@ -83,37 +86,39 @@ def deny(http_code, grpc_code, message):
 
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    """Runs on grpc.aio: a check answered from the cache never leaves the event
+    loop (no thread hand-off per call, which was most of its cost); asking
+    auth, which blocks, goes to a thread."""
+
     def __init__(self, validator):
         self.validator = validator
 
-    def Check(self, request, context):
+    async def Check(self, request, context):
         http = request.attributes.request.http
-        token_id = request_id_var.set(http.headers.get("x-request-id"))
-        try:
-            return self._check(http.headers.get("authorization", ""),
-                               request.attributes.context_extensions.get("required_role", "USER"),
-                               http)
-        finally:
-            request_id_var.reset(token_id)
-
-    def _check(self, authorization, required_role, http):
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        required_role = request.attributes.context_extensions.get("required_role", "USER")
+        scheme, _, token = http.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             return deny(http_status_pb2.Unauthorized, code_pb2.UNAUTHENTICATED,
                         "A bearer token is required (Authorization: Bearer <token>).")
-        try:
-            identity = self.validator.identity(token.strip())
-        except AuthUnavailable as exc:
-            log.error("auth unreachable; request refused", extra={"error": str(exc), "path": http.path})
-            return deny(http_status_pb2.ServiceUnavailable, code_pb2.UNAVAILABLE,
-                        "Authentication is unavailable; try again shortly.")
+        identity = self.validator.cached(token)
+        if identity is None:
+            request_id = http.headers.get("x-request-id")
+            try:
+                identity = await asyncio.to_thread(self.validator.identity, token, request_id)
+            except AuthUnavailable as exc:
+                log.error("auth unreachable; request refused",
+                          extra={"error": str(exc), "path": http.path, "request_id": request_id})
+                return deny(http_status_pb2.ServiceUnavailable, code_pb2.UNAVAILABLE,
+                            "Authentication is unavailable; try again shortly.")
         if identity is None:
             return deny(http_status_pb2.Unauthorized, code_pb2.UNAUTHENTICATED,
                         "The token is invalid, expired or revoked.")
         email, role = identity
         if ROLES_RANK.get(role, 0) < ROLES_RANK.get(required_role, len(ROLES_RANK) + 1):
             log.info("forbidden", extra={"user": email, "role": role, "needed": required_role,
-                                         "method": http.method, "path": http.path})
+                                         "method": http.method, "path": http.path,
+                                         "request_id": http.headers.get("x-request-id")})
             return deny(http_status_pb2.Forbidden, code_pb2.PERMISSION_DENIED,
                         f"This needs the {required_role} role.")
         return allow(email, role)

@@ -1,0 +1,133 @@
+"""ext_authz on a real gRPC channel, asking a real auth service over HTTP."""
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from werkzeug.serving import make_server
+
+from gateway.ext_authz import create_server, watch_auth
+from gateway.ext_authz.config import Config
+from tests.auth.helpers import bearer, create_user, token_for
+from tests.support import free_port, wait_for
+
+
+class AuthServer:
+    """The auth app on a real HTTP port, stoppable and restartable."""
+
+    def __init__(self, app):
+        self.app, self.port, self.server = app, free_port(), None
+
+    def start(self):
+        self.server = make_server("127.0.0.1", self.port, self.app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ExtAuthz:
+    """The aio server on its own event loop thread, as `python -m gateway.ext_authz` runs it."""
+
+    def __init__(self, config):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.server, self.port, self.health, _ = self.run(create_server(config, "127.0.0.1:0"))
+        self.run(self.server.start())
+        self.watcher = asyncio.run_coroutine_threadsafe(watch_auth(config, self.health), self.loop)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def check(self, authorization=None, required_role="USER"):
+        headers = {"x-request-id": "test"}
+        if authorization is not None:
+            headers["authorization"] = authorization
+        request = external_auth_pb2.CheckRequest()
+        request.attributes.request.http.headers.update(headers)
+        request.attributes.request.http.path = "/api/patients"
+        request.attributes.context_extensions["required_role"] = required_role
+        return external_auth_pb2_grpc.AuthorizationStub(self.channel).Check(request, timeout=5)
+
+    def serving(self):
+        response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def close(self):
+        self.watcher.cancel()
+        self.channel.close()
+        self.run(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture
+def auth(make_app):
+    server = AuthServer(make_app()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def authz(auth):
+    running = ExtAuthz(Config(AUTH_URL=f"http://127.0.0.1:{auth.port}", CACHE_SECONDS=0.5))
+    yield running
+    running.close()
+
+
+def headers_of(response):
+    return {option.header.key: option.header.value for option in response.ok_response.headers}
+
+
+def test_a_valid_admin_token_is_allowed_with_identity_headers(auth, authz):
+    token = token_for(auth.app.test_client())
+    response = authz.check(f"Bearer {token}", required_role="ADMIN")
+    assert response.status.code == code_pb2.OK
+    assert headers_of(response) == {"x-user-email": "testuser@test.com", "x-user-role": "ADMIN"}
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not.a.jwt"])
+def test_missing_or_bad_tokens_are_denied_with_401(authz, authorization):
+    response = authz.check(authorization)
+    assert response.status.code == code_pb2.UNAUTHENTICATED
+    assert response.denied_response.status.code == 401
+
+
+def test_a_user_token_on_an_admin_route_is_403(auth, authz):
+    client = auth.app.test_client()
+    admin = token_for(client)
+    assert create_user(client, "reader@example.com", **bearer(admin), **{"X-User-Role": "ADMIN"}).status_code == 201
+    user = token_for(client, "reader@example.com", "Correct-horse-42")
+    assert authz.check(f"Bearer {user}", required_role="USER").status.code == code_pb2.OK
+    denied = authz.check(f"Bearer {user}", required_role="ADMIN")
+    assert denied.status.code == code_pb2.PERMISSION_DENIED and denied.denied_response.status.code == 403
+
+
+def test_a_revoked_token_is_refused_once_the_cache_bound_passes(auth, authz):
+    client = auth.app.test_client()
+    token = token_for(client)
+    assert authz.check(f"Bearer {token}").status.code == code_pb2.OK
+    assert client.post("/logout", headers=bearer(token)).status_code == 204
+    revoked_at = time.monotonic()
+    wait_for(lambda: authz.check(f"Bearer {token}").status.code == code_pb2.UNAUTHENTICATED, timeout=5,
+             message="the revoked token to be refused")
+    assert time.monotonic() - revoked_at <= 1.5  # CACHE_SECONDS=0.5
+
+
+def test_auth_down_fails_closed_and_health_follows(auth, authz):
+    token = token_for(auth.app.test_client())
+    wait_for(authz.serving, timeout=10, message="SERVING while auth is up")
+    auth.stop()
+    time.sleep(0.6)  # past the cache bound
+    response = authz.check(f"Bearer {token}")
+    assert response.status.code == code_pb2.UNAVAILABLE and response.denied_response.status.code == 503
+    wait_for(lambda: not authz.serving(), timeout=10, message="NOT_SERVING while auth is down")
+    auth.start()
+    wait_for(authz.serving, timeout=10, message="SERVING again")
+    assert authz.check(f"Bearer {token}").status.code == code_pb2.OK
