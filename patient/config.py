@@ -14,6 +14,6 @@ class Config(ServiceConfig):
         # A create waits this long for billing; after that the worker opens the account.
         self.BILLING_TIMEOUT_SECONDS = env_float("BILLING_TIMEOUT_SECONDS", 1.0)
         self.BILLING_RETRY_MAX_SECONDS = env_float("BILLING_RETRY_MAX_SECONDS", 30.0)
-        self.OUTBOX_POLL_SECONDS = env_float("OUTBOX_POLL_SECONDS", 0.05)
+        self.OUTBOX_POLL_SECONDS = env_float("OUTBOX_POLL_SECONDS", 0.02)
         self.OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)
         self.EVENTS_TOPIC = "patient"
