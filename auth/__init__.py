@@ -37,6 +37,7 @@ def create_app(config=None):
     app.extensions["passwords"] = Passwords(config.ARGON2_TIME_COST, config.ARGON2_MEMORY_KIB,
                                             config.ARGON2_PARALLELISM)
     app.extensions["login_throttle"] = LoginThrottle(config.LOGIN_MAX_FAILURES,
+                                                     config.LOGIN_MAX_FAILURES_PER_CLIENT,
                                                      config.LOGIN_WINDOW_SECONDS)
     app.extensions["housekeeping"] = Housekeeping(config.LOGIN_WINDOW_SECONDS)
     return app

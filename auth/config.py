@@ -26,6 +26,8 @@ class Config(ServiceConfig):
         self.JWT_SECRET = env_str("JWT_SECRET")
         self.JWT_TTL_SECONDS = env_int("JWT_TTL_SECONDS", 3600)
         self.LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
+        # Per client address: higher, since a clinic's staff often share one (NAT).
+        self.LOGIN_MAX_FAILURES_PER_CLIENT = env_int("LOGIN_MAX_FAILURES_PER_CLIENT", 20)
         self.LOGIN_WINDOW_SECONDS = env_int("LOGIN_WINDOW_SECONDS", 300)
         self.ADMIN_EMAIL = env_str("ADMIN_EMAIL")
         self.ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
@@ -37,7 +39,8 @@ class Config(ServiceConfig):
     def check(self):
         """Refuses settings the service must not run with (called by create_app,
         so `python -m auth` fails before it migrates or serves)."""
-        for name in ("JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES", "LOGIN_WINDOW_SECONDS",
+        for name in ("JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES", "LOGIN_MAX_FAILURES_PER_CLIENT",
+                     "LOGIN_WINDOW_SECONDS",
                      "ARGON2_TIME_COST", "ARGON2_MEMORY_KIB", "ARGON2_PARALLELISM"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

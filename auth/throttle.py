@@ -43,8 +43,8 @@ class ThrottleState:
 
 
 class LoginThrottle:
-    def __init__(self, max_failures, window_seconds):
-        self.max_failures = max_failures
+    def __init__(self, max_per_account, max_per_client, window_seconds):
+        self.limits = {"account": max_per_account, "client": max_per_client}
         self.window = timedelta(seconds=window_seconds)
 
     def check(self, keys):
@@ -57,11 +57,12 @@ class LoginThrottle:
         for key, failed_at in rows:
             failures[key].append(failed_at)
         wait = 0.0
-        for times in failures.values():
-            if len(times) >= self.max_failures:
-                # Allowed again when the max-th most recent failure leaves the window.
+        for key, times in failures.items():
+            limit = self.limits[key.split(":", 1)[0]]
+            if len(times) >= limit:
+                # Allowed again when the limit-th most recent failure leaves the window.
                 times.sort(reverse=True)
-                unlock_at = times[self.max_failures - 1] + self.window
+                unlock_at = times[limit - 1] + self.window
                 wait = max(wait, (unlock_at - now).total_seconds())
         return ThrottleState(retry_after=math.ceil(wait) if wait > 0 else 0,
                              failed_keys=frozenset(failures))

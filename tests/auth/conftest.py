@@ -9,7 +9,7 @@ from auth.seed import seed_users
 from tests.auth.helpers import FAST_ARGON2, JWT_SECRET
 from tests.support import migrated_apps
 
-AUTH_ENV_VARS = ("PMS_ENV", "JWT_SECRET", "JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES",
+AUTH_ENV_VARS = ("PMS_ENV", "JWT_SECRET", "JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES", "LOGIN_MAX_FAILURES_PER_CLIENT",
                  "LOGIN_WINDOW_SECONDS", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ARGON2_TIME_COST",
                  "ARGON2_MEMORY_KIB", "ARGON2_PARALLELISM", "AUTH_DATABASE_URL", "DATABASE_URL")
 

@@ -23,8 +23,9 @@ def test_an_account_is_locked_after_max_failures_even_for_the_right_password(cli
     assert login(client, "other@test.com", "Correct-horse-42", **from_client("10.0.1.1")).status_code == 200
 
 
-def test_a_client_is_locked_after_max_failures_across_accounts(client):
-    for attempt in range(5):
+def test_a_client_is_locked_after_its_own_higher_limit_across_accounts(client):
+    """A shared clinic address tolerates more failures than one account does."""
+    for attempt in range(20):
         assert login(client, f"guess{attempt}@test.com", "wrong", **from_client("203.0.113.7")).status_code == 401
 
     assert login(client, **from_client("203.0.113.7")).status_code == 429
@@ -39,7 +40,7 @@ def test_unknown_accounts_are_throttled_like_known_ones(client):
 
 
 def test_the_client_is_the_last_forwarded_address_without_the_envoy_header(client):
-    for attempt in range(5):
+    for attempt in range(20):
         login(client, f"guess{attempt}@test.com", "wrong",
               **{"X-Forwarded-For": f"198.51.100.{attempt}, 192.0.2.1"})
 
