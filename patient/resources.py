@@ -1,6 +1,7 @@
 """/patients: list, read, create, update, delete."""
 import logging
 import uuid
+from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app, request, url_for
@@ -14,7 +15,7 @@ from pms_common.pagination import page_of
 
 from .billing import try_open_account
 from .extensions import db
-from .models import BILLING_ACTIVE, Patient
+from .models import BILLING_ACTIVE, Patient, utcnow
 from .outbox import record_event
 from .schemas import PatientQuerySchema, PatientSchema, PatientUpdateSchema
 
@@ -101,14 +102,19 @@ class Patients(MethodView):
         time the patient is still created (`billingStatus: PENDING`) and the
         account is opened by a retry. Publishes `PATIENT_CREATED`.
         """
-        patient = Patient(id=uuid.uuid4(), **data, email_key=data["email"].lower())
+        config = current_app.config
+        # The worker leaves this patient to the request's own billing call
+        # unless that call has failed by then.
+        patient = Patient(id=uuid.uuid4(), **data, email_key=data["email"].lower(),
+                          billing_next_attempt_at=utcnow() + timedelta(
+                              seconds=2 * config["BILLING_TIMEOUT_SECONDS"] + 1))
         db.session.add(patient)
         record_event(patient, CREATED)
         commit_or_conflict(patient.id)
         db.session.expunge(patient)  # the response is built from what was written
         log.info("patient created", extra={"patient_id": str(patient.id), "by": acting_user()})
         account_id = try_open_account(current_app.extensions["billing_client"], patient.id, patient.name,
-                                      patient.email, current_app.config["BILLING_RETRY_MAX_SECONDS"])
+                                      patient.email, config["BILLING_RETRY_MAX_SECONDS"])
         if account_id:
             patient.billing_account_id, patient.billing_status = account_id, BILLING_ACTIVE
         return patient, 201, {"Location": url_for("patients.PatientById", patient_id=patient.id)}

@@ -3,7 +3,6 @@ billing accounts, until SIGTERM."""
 import logging
 import signal
 import threading
-import time
 
 from pms_common.logs import configure_logging
 
@@ -16,25 +15,37 @@ log = logging.getLogger(__name__)
 BILLING_SWEEP_SECONDS = 1.0
 
 
-def run(app, stop: threading.Event):
+def relay_events(app, stop: threading.Event):
     config = app.config
     with app.app_context():
         relay = OutboxRelay(config["KAFKA_BOOTSTRAP_SERVERS"], config["EVENTS_TOPIC"],
                             batch_size=config["OUTBOX_BATCH_SIZE"])
-        billing_client = app.extensions["billing_client"]
-        next_billing_sweep = 0.0
-        log.info("worker started", extra={"backlog": relay.backlog()})
+        log.info("outbox relay started", extra={"backlog": relay.backlog()})
         try:
             while not stop.is_set():
-                published = relay.publish_pending()
-                if time.monotonic() >= next_billing_sweep:
-                    retry_pending_accounts(billing_client, config["BILLING_RETRY_MAX_SECONDS"])
-                    next_billing_sweep = time.monotonic() + BILLING_SWEEP_SECONDS
-                if not published:
+                if not relay.publish_pending():
                     stop.wait(config["OUTBOX_POLL_SECONDS"])
         finally:
             relay.close()
-            log.info("worker stopped")
+
+
+def retry_billing(app, stop: threading.Event):
+    with app.app_context():
+        while not stop.is_set():
+            retry_pending_accounts(app.extensions["billing_client"], app.config["BILLING_RETRY_MAX_SECONDS"])
+            stop.wait(BILLING_SWEEP_SECONDS)
+
+
+def run(app, stop: threading.Event):
+    """Two loops, so a slow billing never delays events (and the reverse)."""
+    billing = threading.Thread(target=retry_billing, args=(app, stop), name="billing-retry")
+    billing.start()
+    try:
+        relay_events(app, stop)
+    finally:
+        stop.set()
+        billing.join()
+        log.info("worker stopped")
 
 
 def main():

@@ -101,3 +101,30 @@ def test_one_patients_events_stay_in_order(app, client, broker):
         relay.close()
     names = [event.name for _, event in consume(broker.bootstrap, topic, 11)]
     assert names == ["Ada Lovelace"] + [f"Name {index}" for index in range(10)]
+
+
+def test_the_worker_publishes_and_opens_pending_accounts_then_stops_on_request(make_app, billing, broker):
+    import threading
+
+    from patient.worker import run
+
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [topic])
+    billing.stop()
+    app = make_app(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, EVENTS_TOPIC=topic, BILLING_TIMEOUT_SECONDS=0.2)
+    patient = app.test_client().post("/patients", json=VALID).get_json()
+    assert patient["billingStatus"] == "PENDING"
+    billing.start()
+
+    stop = threading.Event()
+    worker = threading.Thread(target=run, args=(app, stop))
+    worker.start()
+    try:
+        (key, event), = consume(broker.bootstrap, topic, 1)
+        assert key == patient["id"] and event.event_type == "PATIENT_CREATED"
+        wait_for(lambda: app.test_client().get(f"/patients/{patient['id']}").get_json()["billingStatus"]
+                 == "ACTIVE", timeout=15, message="the worker to open the account")
+    finally:
+        stop.set()
+        worker.join(15)
+    assert not worker.is_alive()
