@@ -89,7 +89,8 @@ stdout_logfile_backups=1
 def die_with_parent():
     """Runs in the child before exec: if this launcher dies, even by SIGKILL,
     the kernel sends supervisord SIGTERM, so no part outlives `make run`."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if sys.platform.startswith("linux"):  # elsewhere Ctrl-C and SIGTERM still stop everything
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class LogTail(threading.Thread):
