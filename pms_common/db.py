@@ -24,10 +24,6 @@ def engine_options(url):
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
 
 
-def is_sqlite(url):
-    return url.startswith("sqlite")
-
-
 def check_database(engine):
     """Readiness: the database answers a query."""
     with engine.connect() as connection:

@@ -50,7 +50,3 @@ def ensure_topics(bootstrap_servers, topics, partitions=3, timeout=10.0):
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
 
-
-def check_broker(bootstrap_servers, timeout=2.0):
-    """Readiness: the broker answers a metadata request."""
-    AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(timeout=timeout)
