@@ -10,23 +10,29 @@ import json
 import threading
 import time
 import uuid
+import xmlrpc.client
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+from supervisor.xmlrpc import SupervisorTransport
 
 from . import figures
 from .__main__ import RESULTS, bench_database, drop_database
 
 
 def rss_by_part(running):
-    supervisor = psutil.Process(int((Path(running.env["PMS_RUN_DIR"]) / "supervisord.pid").read_text()))
+    """MiB per supervised part (a gunicorn master with its workers counts as one)."""
+    transport = SupervisorTransport(None, None, f"unix://{running.env['PMS_RUN_DIR']}/supervisor.sock")
+    parts = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor.getAllProcessInfo()
     sizes = {}
-    for child in supervisor.children():
-        name = " ".join(child.cmdline()[1:4])
-        processes = [child, *child.children(recursive=True)]
-        sizes[name] = round(sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20, 1)
+    for part in parts:
+        if not part["pid"]:
+            continue
+        process = psutil.Process(part["pid"])
+        processes = [process, *process.children(recursive=True)]
+        sizes[part["name"]] = round(sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20, 1)
     return sizes
 
 
@@ -87,9 +93,9 @@ def main(argv=None):
           f"{dict(statuses)}; errors: {errors}")
     print("RSS MiB per part:")
     parts = sorted(samples[0][1])
-    print(f"{'':>8}  " + "  ".join(f"{p[:22]:>22}" for p in parts))
+    print(f"{'':>8}  " + " ".join(f"{p:>18}" for p in parts))
     for label, sizes in samples:
-        print(f"{label:>8}  " + "  ".join(f"{sizes.get(p, 0):>22}" for p in parts))
+        print(f"{label:>8}  " + " ".join(f"{sizes.get(p, 0):>18}" for p in parts))
     return 1 if errors else 0
 
 
