@@ -1,0 +1,32 @@
+"""`DATABASE_URL=postgresql://… make run`: all four services on one PostgreSQL
+database (their tables and migration version tables do not overlap)."""
+import pytest
+import requests
+
+from stack.running import RunningSystem
+from tests.support import fresh_database, postgres_admin_url, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.skipif(not postgres_admin_url(), reason="needs PMS_TEST_POSTGRES_URL (CI sets it)")
+def test_the_whole_system_on_one_postgres_database(tmp_path):
+    with fresh_database("postgres", tmp_path, "stack") as url:
+        system = RunningSystem(tmp_path, {"DATABASE_URL": url.replace("+psycopg", "")}).start()
+        try:
+            api = system.session()
+            response = api.post(f"{system.url}/api/patients", timeout=10, json={
+                "name": "On Postgres", "email": "pg@example.com", "address": "5432 Port Rd",
+                "dateOfBirth": "1990-01-01", "registeredDate": "2024-01-01"})
+            assert response.status_code == 201 and response.json()["billingStatus"] == "ACTIVE"
+            wait_for(lambda: api.get(f"{system.url}/api/analytics/summary", timeout=5)
+                     .json()["patientsCreated"] == 16, timeout=30, message="15 seeds + 1 counted")
+            assert requests.get(f"{system.url}/health", timeout=5).status_code == 200
+        finally:
+            system.stop()
+        import psycopg
+        with psycopg.connect(url.replace("+psycopg", "")) as conn:
+            tables = {row[0] for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+    assert {"alembic_version_patient", "alembic_version_auth", "alembic_version_billing",
+            "alembic_version_analytics", "patients", "users", "billing_accounts"} <= tables
