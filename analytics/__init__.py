@@ -2,11 +2,10 @@
 read-only API over the figures. Both share this package's models and store."""
 from pathlib import Path
 
-from flask import Flask, current_app, jsonify
-from sqlalchemy.exc import OperationalError
+from flask import Flask, current_app
 
 from pms_common.db import check_database
-from pms_common.web import api_spec_options, error_body, health_blueprint, init_request_context
+from pms_common.web import api_spec_options, database_outage_is_503, health_blueprint, init_request_context
 
 from . import store
 from .config import Config
@@ -32,12 +31,7 @@ def create_app(config=None):
         "consumer": _check_consumer,
     }))
 
-    @app.errorhandler(OperationalError)
-    def _database_unavailable(exc):
-        app.logger.error("database unavailable: %s", exc)
-        db.session.rollback()
-        return jsonify(error_body(503, "The database is unavailable; try again shortly.")), 503
-
+    database_outage_is_503(app, db)
     return app
 
 

@@ -3,7 +3,7 @@ that the gateway validates on every request, logout by token id."""
 from flask import Flask
 
 from pms_common.db import check_database
-from pms_common.web import api_spec_options, health_blueprint, init_request_context
+from pms_common.web import api_spec_options, database_outage_is_503, health_blueprint, init_request_context
 
 from . import login, users
 from .config import Config
@@ -32,6 +32,7 @@ def create_app(config=None):
     api.register_blueprint(login.blp)
     api.register_blueprint(users.blp)
     init_request_context(app)
+    database_outage_is_503(app, db)
     app.register_blueprint(health_blueprint({"database": lambda: check_database(db.engine)}))
     app.extensions["tokens"] = Tokens(signing_key, config.JWT_TTL_SECONDS)
     app.extensions["passwords"] = Passwords(config.ARGON2_TIME_COST, config.ARGON2_MEMORY_KIB,

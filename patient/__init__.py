@@ -3,7 +3,7 @@ change events through a transactional outbox."""
 from flask import Flask
 
 from pms_common.db import check_database
-from pms_common.web import api_spec_options, health_blueprint, init_request_context
+from pms_common.web import api_spec_options, database_outage_is_503, health_blueprint, init_request_context
 
 from .billing import BillingClient
 from .config import Config
@@ -25,6 +25,7 @@ def create_app(config=None):
     api.init_app(app)
     api.register_blueprint(blp)
     init_request_context(app)
+    database_outage_is_503(app, db)
     app.register_blueprint(health_blueprint({"database": lambda: check_database(db.engine)}))
     app.extensions["billing_client"] = BillingClient(config.BILLING_ADDRESS,
                                                      config.BILLING_TIMEOUT_SECONDS)

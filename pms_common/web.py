@@ -41,6 +41,18 @@ def init_request_context(app: Flask):
             request_id_var.reset(token)
 
 
+def database_outage_is_503(app: Flask, db):
+    """A database that cannot be reached is a 503 the client may retry, in the
+    one error shape, not a 500."""
+    from sqlalchemy.exc import OperationalError
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc):
+        app.logger.error("database unavailable: %s", str(exc).splitlines()[0])
+        db.session.rollback()
+        return jsonify(error_body(503, "The database is unavailable; try again shortly.")), 503
+
+
 def health_blueprint(checks):
     """/health/live answers while the process serves; /health/ready (and
     /health) runs each named check and answers 503 naming the ones that fail."""

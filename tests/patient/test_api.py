@@ -234,3 +234,4 @@ def test_a_row_deleted_meanwhile_makes_an_update_404_not_500(app, create):
         with pytest.raises(HTTPException) as raised:
             commit_or_conflict(patient_id)
         assert raised.value.code == 404
+
