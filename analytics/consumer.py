@@ -1,7 +1,7 @@
 """`python -m analytics.consumer`: counts patient events exactly once.
 
-Each poll takes what the broker has (up to BATCH_SIZE messages) and counts it
-in one database transaction that also records every event id; only after that
+Each poll takes what arrives within BATCH_WAIT_MS (up to BATCH_SIZE messages)
+and counts it in one database transaction that also records every event id; only after that
 commit are the offsets stored and committed. A crash anywhere before the
 commit redelivers the batch, and the recorded ids make the redelivery change
 nothing. Messages that can never be counted go to the dead-letter topic first.
@@ -97,13 +97,14 @@ class PatientEventConsumer:
                 self.stop_event.wait(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
 
     def _poll(self):
-        """Waits for one message, then takes whatever else is already fetched."""
+        """Waits for one message, then gathers more for up to BATCH_WAIT_MS."""
         first = self.consumer.poll(POLL_TIMEOUT)
         if first is None:
             return []
         batch = [first]
         if self.config.BATCH_SIZE > 1:
-            batch += self.consumer.consume(num_messages=self.config.BATCH_SIZE - 1, timeout=0)
+            batch += self.consumer.consume(num_messages=self.config.BATCH_SIZE - 1,
+                                           timeout=self.config.BATCH_WAIT_MS / 1000)
         messages = []
         for message in batch:
             error = message.error()

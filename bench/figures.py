@@ -5,12 +5,15 @@ import subprocess
 import threading
 import time
 import uuid
+import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import psycopg
 import requests
+from supervisor.xmlrpc import SupervisorTransport
 
 from stack.parts import ROOT
 from stack.running import RunningSystem, wait_for
@@ -47,29 +50,80 @@ def wrk(url, seconds, connections, headers=(), script=None, script_args=()):
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
-    return {"rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), 1),
+    return {"rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), 1), "seconds": seconds,
             "p50_ms": latency(50), "p99_ms": latency(99),
             "errors": int(errors.group(1)) if errors else 0,
             "socket_errors": socket_errors.group(1) if socket_errors else "none"}
+
+
+def processes_by_part(running):
+    """{part name: its processes} for every supervised part (a gunicorn master
+    with its workers is one part), plus every PostgreSQL backend as "postgres"."""
+    transport = SupervisorTransport(None, None, f"unix://{running.env['PMS_RUN_DIR']}/supervisor.sock")
+    supervisor = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+    parts = {}
+    for part in supervisor.getAllProcessInfo():
+        if part["pid"]:
+            process = psutil.Process(part["pid"])
+            parts[part["name"]] = [process, *process.children(recursive=True)]
+    parts["postgres"] = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+    return parts
+
+
+def cpu_seconds_by_part(running):
+    seconds = {}
+    for name, processes in processes_by_part(running).items():
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        seconds[name] = total
+    return seconds
+
+
+def with_cpu_cost(running, load):
+    """Runs load() (a wrk result) and adds the CPU each part spent per request,
+    in ms: where the time goes, which a noisy shared machine does not blur."""
+    before = cpu_seconds_by_part(running)
+    result = load()
+    after = cpu_seconds_by_part(running)
+    requests_done = result["rps"] * result["seconds"]
+    result["cpu_ms_per_request"] = {
+        name: round((after[name] - before.get(name, 0.0)) * 1000 / requests_done, 3)
+        for name in after if after[name] - before.get(name, 0.0) > 0.00001 * requests_done}
+    return result
 
 
 def any_patient_id(running, api):
     return api.get(f"{running.url}/api/patients", timeout=10).json()[0]["id"]
 
 
-def p1_gateway_read(running, seconds, connections):
-    """Authenticated GET /api/patients/{id} through the gateway vs straight to patient."""
+def p1_gateway_read(running, seconds, connections, rounds=3):
+    """Authenticated GET /api/patients/{id} through the gateway vs straight to
+    patient. Direct and gateway runs alternate, `rounds` times, so a noisy
+    neighbour slows both alike; the ratio is the median round's."""
     token = running.token()
     patient_id = any_patient_id(running, running.session(token))
-    direct = f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients/{patient_id}"
-    wrk(direct, 2, connections)  # warm up connections and caches
-    straight = wrk(direct, seconds, connections)
-    gateway = wrk(f"{running.url}/api/patients/{patient_id}", seconds, connections,
-                  headers=[f"Authorization: Bearer {token}"])
-    ratio = round(gateway["rps"] / straight["rps"], 2)
-    return ratio, {"gateway_rps": gateway["rps"], "direct_rps": straight["rps"],
-                   "gateway_p99_ms": gateway["p99_ms"], "direct_p99_ms": straight["p99_ms"],
-                   "gateway_errors": gateway["errors"], "connections": connections}
+    direct_url = f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients/{patient_id}"
+    gateway_url = f"{running.url}/api/patients/{patient_id}"
+    headers = [f"Authorization: Bearer {token}"]
+    wrk(direct_url, 2, connections)  # warm up connections and caches
+    wrk(gateway_url, 2, connections, headers=headers)
+    length = max(2, seconds // rounds)
+    pairs = [(with_cpu_cost(running, lambda: wrk(direct_url, length, connections)),
+              with_cpu_cost(running, lambda: wrk(gateway_url, length, connections, headers=headers)))
+             for _ in range(rounds)]
+    ratios = [round(gateway["rps"] / direct["rps"], 2) for direct, gateway in pairs]
+    direct, gateway = sorted(pairs, key=lambda pair: pair[1]["rps"] / pair[0]["rps"])[rounds // 2]
+    return statistics.median(ratios), {
+        "gateway_rps": gateway["rps"], "direct_rps": direct["rps"],
+        "gateway_p99_ms": gateway["p99_ms"], "direct_p99_ms": direct["p99_ms"],
+        "gateway_errors": gateway["errors"], "round_ratios": ratios, "connections": connections,
+        "gateway_cpu_ms_per_request": gateway["cpu_ms_per_request"],
+        "direct_cpu_ms_per_request": direct["cpu_ms_per_request"]}
 
 
 def raw_insert_rate(database_url, seconds=5):
@@ -93,8 +147,9 @@ def p2_create(running, database_url, seconds, connections):
     """POST /api/patients end to end (database, billing, outbox) vs the raw insert loop."""
     token = running.token()
     run_id = uuid.uuid4().hex[:8]
-    gateway = wrk(f"{running.url}/api/patients", seconds, connections, script=CREATE_SCRIPT,
-                  headers=[f"Authorization: Bearer {token}"], script_args=[run_id + "g"])
+    gateway = with_cpu_cost(running, lambda: wrk(
+        f"{running.url}/api/patients", seconds, connections, script=CREATE_SCRIPT,
+        headers=[f"Authorization: Bearer {token}"], script_args=[run_id + "g"]))
     direct = wrk(f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients", seconds, connections,
                  script=CREATE_SCRIPT, script_args=[run_id + "d"])
     raw = raw_insert_rate(database_url.replace("postgresql+psycopg://", "postgresql://"))
@@ -104,7 +159,8 @@ def p2_create(running, database_url, seconds, connections):
     return ratio, {"creates_per_s": gateway["rps"], "p50_ms": gateway["p50_ms"], "p99_ms": gateway["p99_ms"],
                    "errors": gateway["errors"], "raw_inserts_per_s": raw,
                    "direct_creates_per_s": direct["rps"], "direct_p99_ms": direct["p99_ms"],
-                   "gateway_list_reads_per_s": reads["rps"], "connections": connections}
+                   "gateway_list_reads_per_s": reads["rps"], "connections": connections,
+                   "cpu_ms_per_create": gateway["cpu_ms_per_request"]}
 
 
 def p3_event_lag(running, rate, seconds):

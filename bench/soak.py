@@ -10,13 +10,9 @@ import json
 import threading
 import time
 import uuid
-import xmlrpc.client
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import psutil
-from supervisor.xmlrpc import SupervisorTransport
 
 from . import figures
 from .__main__ import RESULTS, bench_database, drop_database
@@ -24,15 +20,10 @@ from .__main__ import RESULTS, bench_database, drop_database
 
 def rss_by_part(running):
     """MiB per supervised part (a gunicorn master with its workers counts as one)."""
-    transport = SupervisorTransport(None, None, f"unix://{running.env['PMS_RUN_DIR']}/supervisor.sock")
-    parts = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor.getAllProcessInfo()
     sizes = {}
-    for part in parts:
-        if not part["pid"]:
-            continue
-        process = psutil.Process(part["pid"])
-        processes = [process, *process.children(recursive=True)]
-        sizes[part["name"]] = round(sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20, 1)
+    for name, processes in figures.processes_by_part(running).items():
+        if name != "postgres":
+            sizes[name] = round(sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20, 1)
     return sizes
 
 

@@ -2,7 +2,7 @@
 
 `python -m gateway.render --out DIR/envoy.yaml` fills the ${...} placeholders
 from the environment (defaults: everything on 127.0.0.1 at the standard ports)
-and writes beside it what the config reads: the Swagger UI page and assets,
+and writes beside it what the config reads: the authz memo script, the Swagger UI page and assets,
 the billing descriptor set for gRPC-JSON transcoding, and billing's OpenAPI
 document. The same command serves `make run`, compose and ECS, so there is one
 gateway config, not one per environment.
@@ -43,6 +43,9 @@ def settings(environ, out_dir):
     values["GATEWAY_BIND"] = environ.get("GATEWAY_BIND") or bind
     values["ENVOY_ADMIN_BIND"] = environ.get("ENVOY_ADMIN_BIND") or bind
     values["OUT_DIR"] = str(out_dir)
+    # Per-request lines are INFO lines: above INFO only server errors are logged.
+    quiet = (environ.get("LOG_LEVEL") or "INFO").upper() not in ("DEBUG", "INFO")
+    values["ACCESS_LOG_MIN_STATUS"], values["ACCESS_LOG_LEVEL"] = ("500", "ERROR") if quiet else ("0", "INFO")
     for name in DEFAULTS:
         if not values[name].isdigit():
             raise SystemExit(f"{name} must be a port number, got {values[name]!r}")
@@ -101,6 +104,7 @@ def render(out_file, environ=os.environ):
     (out_dir / "docs").mkdir(parents=True, exist_ok=True)
     values = settings(environ, out_dir)
     out_file.write_text(string.Template(TEMPLATE.read_text()).substitute(values))
+    shutil.copyfile(HERE / "authz_memo.lua", out_dir / "authz_memo.lua")
     (out_dir / "billing.pb").write_bytes(billing_descriptor_set())
     (out_dir / "billing-openapi.json").write_text(json.dumps(billing_openapi(), indent=2))
     spec_urls = json.dumps([{"name": name, "url": url} for name, url in SPECS])

@@ -37,32 +37,60 @@ class BillingClient:
                 self._stub = billing_service_pb2_grpc.BillingServiceStub(channel)
             return self._stub
 
+    def _metadata(self):
+        request_id = request_id_var.get()
+        return (("x-request-id", request_id),) if request_id else None
+
     def open_account(self, patient_id, name, email):
         """Returns the account id; raises grpc.RpcError when billing fails or is slow."""
-        request_id = request_id_var.get()
         response = self._get_stub().CreateBillingAccount(
             billing_service_pb2.BillingRequest(patientId=str(patient_id), name=name, email=email),
-            timeout=self.timeout_seconds,
-            metadata=(("x-request-id", request_id),) if request_id else None,
-        )
+            timeout=self.timeout_seconds, metadata=self._metadata())
         return response.accountId
 
+    def close_account(self, patient_id):
+        """Raises grpc.RpcError when billing fails or is slow (NOT_FOUND: no account)."""
+        self._get_stub().CloseBillingAccount(
+            billing_service_pb2.CloseBillingAccountRequest(patientId=str(patient_id)),
+            timeout=self.timeout_seconds, metadata=self._metadata())
 
-def try_open_account(client, patient_id, name, email, retry_max_seconds):
-    """Asks billing once and records the outcome on the patient row: the
-    account id, or when to try again. Never raises for a billing failure."""
+
+def ask_for_account(client, patient_id, name, email):
+    """Asks billing once: the account id, or None when billing failed or was
+    slow (the caller records a retry). Never raises for a billing failure."""
     try:
-        account_id = client.open_account(patient_id, name, email)
+        return client.open_account(patient_id, name, email)
     except grpc.RpcError as exc:
         log.warning("billing account not opened yet; will retry",
                     extra={"patient_id": str(patient_id), "grpc_status": exc.code().name})
+        return None
+
+
+def next_attempt_at(attempts_so_far, retry_max_seconds):
+    return utcnow() + timedelta(seconds=min(retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** attempts_so_far))
+
+
+def close_orphan_account(client, patient_id):
+    """A create that got its account but then wrote no patient (a duplicate
+    email, a lost database) closes the account again, if billing lets it."""
+    try:
+        client.close_account(patient_id)
+    except grpc.RpcError as exc:
+        log.warning("account of a patient that was not created stays open",
+                    extra={"patient_id": str(patient_id), "grpc_status": exc.code().name})
+
+
+def try_open_account(client, patient_id, name, email, retry_max_seconds):
+    """The worker's retry for an existing PENDING patient: asks billing and
+    records the outcome on the row, the account id or when to try again."""
+    account_id = ask_for_account(client, patient_id, name, email)
+    if account_id is None:
         patient = db.session.get(Patient, patient_id)
         if patient is not None and patient.billing_status == BILLING_PENDING:
-            delay = min(retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** patient.billing_attempts)
             db.session.execute(
                 sa.update(Patient).where(Patient.id == patient_id)
                 .values(billing_attempts=Patient.billing_attempts + 1,
-                        billing_next_attempt_at=utcnow() + timedelta(seconds=delay))
+                        billing_next_attempt_at=next_attempt_at(patient.billing_attempts, retry_max_seconds))
                 .execution_options(synchronize_session=False))
             db.session.commit()
         return None

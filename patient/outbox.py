@@ -1,7 +1,7 @@
 """The transactional outbox: record an event with the change, publish it later.
 
-record_event() adds the event row to the session of the change, so both commit
-or neither does. OutboxRelay publishes unpublished rows in order and marks them
+record_event() adds the event row to the session of the change (a create
+inserts outbox_row() beside its own row), so both commit or neither does. OutboxRelay publishes unpublished rows in order and marks them
 published only after the broker acknowledged them: a broker that is down
 delays events, never loses them (delivery is at least once; consumers drop
 repeats by event id)."""
@@ -20,7 +20,8 @@ from .models import OutboxEvent, utcnow
 log = logging.getLogger(__name__)
 
 
-def record_event(patient, event_type):
+def outbox_row(patient, event_type):
+    """The outbox row of an event about the patient as it is now."""
     event_id = uuid.uuid4()
     occurred_at = utcnow()
     event = PatientEvent(
@@ -30,8 +31,13 @@ def record_event(patient, event_type):
         address=patient.address, date_of_birth=patient.date_of_birth.isoformat(),
         registered_date=patient.registered_date.isoformat(),
     )
-    db.session.add(OutboxEvent(event_id=event_id, patient_id=patient.id, event_type=event_type,
-                               payload=event.SerializeToString(), created_at=occurred_at))
+    return {"event_id": event_id, "patient_id": patient.id, "event_type": event_type,
+            "payload": event.SerializeToString(), "created_at": occurred_at}
+
+
+def record_event(patient, event_type):
+    """Adds the event to the session of the change (flushed after it)."""
+    db.session.add(OutboxEvent(**outbox_row(patient, event_type)))
 
 
 class OutboxRelay:

@@ -23,7 +23,9 @@ def relay_events(app, stop: threading.Event):
         log.info("outbox relay started", extra={"backlog": relay.backlog()})
         try:
             while not stop.is_set():
-                if not relay.publish_pending():
+                # A full batch means a backlog: go on at once. Otherwise pause,
+                # so that under load a batch carries many events, not one.
+                if relay.publish_pending() < relay.batch_size:
                     stop.wait(config["OUTBOX_POLL_SECONDS"])
         finally:
             relay.close()

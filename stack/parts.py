@@ -82,7 +82,7 @@ def build_parts(ports, envoy_config):
              lambda: grpc_serving(ports["EXT_AUTHZ_PORT"]), priority=30),
         # No hot restart: supervisord restarts Envoy, and several Envoys (a test run
         # beside `make run`) must not share its shared-memory domain socket.
-        Part("gateway", [str(BIN / "envoy"), "-c", str(envoy_config), "--disable-hot-restart",
+        Part("gateway", [str(BIN / "envoy"), "-c", str(envoy_config), "--disable-hot-restart", "--concurrency", "1",
                          "--log-level", "warn",
                          "--log-format", '{"time":"%Y-%m-%dT%T.%eZ","level":"%l","service":"gateway",'
                                          '"logger":"%n","message":"%j"}'],

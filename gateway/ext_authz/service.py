@@ -10,12 +10,14 @@ import urllib3
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 log = logging.getLogger(__name__)
 ROLES_RANK = {"USER": 1, "ADMIN": 2}
 USER_HEADER, ROLE_HEADER = "x-user-email", "x-user-role"
 CACHE_MAX_ENTRIES = 10_000
+ROUTE_METADATA = "pms.authz"  # the routes' metadata namespace (gateway/envoy.yaml)
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -35,15 +37,19 @@ class TokenValidator:
         self._lock = threading.Lock()
 
     def cached(self, token):
-        """(email, role) if auth said yes to this token recently, else None."""
+        """(email, role, seconds this yes may still be reused) if auth said
+        yes to this token recently, else None."""
         with self._lock:
             entry = self._cache.get(token)
-        if entry and entry[2] > time.monotonic():
-            return entry[0], entry[1]
+        if entry:
+            remaining = entry[2] - time.monotonic()
+            if remaining > 0:
+                return entry[0], entry[1], remaining
         return None
 
     def identity(self, token, request_id=None):
-        """Asks auth: (email, role) for a valid token, None for an invalid one."""
+        """Asks auth: (email, role, seconds this yes may be reused) for a valid
+        token, None for an invalid one."""
         now = time.monotonic()
         headers = {"Authorization": f"Bearer {token}"}
         if request_id:
@@ -58,17 +64,23 @@ class TokenValidator:
             raise AuthUnavailable(f"auth answered {response.status}")
         claims = json.loads(response.data)
         email, role = claims["sub"], claims["role"]
-        valid_until = min(now + self.cache_seconds, now + max(0.0, claims["exp"] - time.time()))
+        reusable_for = min(self.cache_seconds, max(0.0, claims["exp"] - time.time()))
         with self._lock:
             if len(self._cache) >= CACHE_MAX_ENTRIES:
                 self._cache.clear()
-            self._cache[token] = (email, role, valid_until)
-        return email, role
+            self._cache[token] = (email, role, now + reusable_for)
+        return email, role, reusable_for
 
 
-def allow(email, role):
+def allow(email, role, reusable_for):
+    """The yes, with the identity headers, and the same facts as dynamic
+    metadata for the gateway's memo (gateway/authz_memo.lua): who, and until
+    when (ms since the epoch) this yes may be reused without asking again."""
+    grant = struct_pb2.Struct()
+    grant.update({"user": email, "role": role,
+                  "reusable_until_ms": int((time.time() + reusable_for) * 1000)})
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.OK),
+        status=status_pb2.Status(code=code_pb2.OK), dynamic_metadata=grant,
         ok_response=external_auth_pb2.OkHttpResponse(headers=[
             base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=USER_HEADER, value=email),
                                        append_action=OVERWRITE),
@@ -95,7 +107,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(self, request, context):
         http = request.attributes.request.http
-        required_role = request.attributes.context_extensions.get("required_role", "USER")
+        # The route's metadata names the role; a route that forgot to gets the strictest.
+        route = request.attributes.route_metadata_context.filter_metadata.get(ROUTE_METADATA)
+        required_role = route["required_role"] if route and "required_role" in route else "ADMIN"
         scheme, _, token = http.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -114,11 +128,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         if identity is None:
             return deny(http_status_pb2.Unauthorized, code_pb2.UNAUTHENTICATED,
                         "The token is invalid, expired or revoked.")
-        email, role = identity
+        email, role, reusable_for = identity
         if ROLES_RANK.get(role, 0) < ROLES_RANK.get(required_role, len(ROLES_RANK) + 1):
             log.info("forbidden", extra={"user": email, "role": role, "needed": required_role,
                                          "method": http.method, "path": http.path,
                                          "request_id": http.headers.get("x-request-id")})
             return deny(http_status_pb2.Forbidden, code_pb2.PERMISSION_DENIED,
                         f"This needs the {required_role} role.")
-        return allow(email, role)
+        return allow(email, role, reusable_for)

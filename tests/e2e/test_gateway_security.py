@@ -81,6 +81,50 @@ def test_a_revoked_token_is_refused_within_the_cache_bound(system):
     assert time.monotonic() - revoked_at < 3  # AUTHZ_CACHE_SECONDS=1 in these tests
 
 
+def authz_yes_count(system):
+    """How many requests ext_authz has allowed (Envoy's own counter)."""
+    stats = requests.get(f"http://127.0.0.1:{system.ports['ENVOY_ADMIN_PORT']}/stats",
+                         params={"filter": r"^http\.gateway\.ext_authz\.ok$"}, timeout=10).text
+    return int(stats.split(":")[1]) if stats.strip() else 0
+
+
+def test_the_gateway_reuses_a_yes_only_for_the_same_token_and_role(system, user_token):
+    admin_token = system.token()
+    status_with(system, f"Bearer {admin_token}")  # ext_authz says yes; the gateway remembers it
+    before = authz_yes_count(system)
+    started = time.monotonic()
+    statuses = {status_with(system, f"Bearer {admin_token}") for _ in range(20)}
+    asked = authz_yes_count(system) - before
+    assert statuses == {200}
+    # Within the 1 s bound (AUTHZ_CACHE_SECONDS) the 20 reads went without asking.
+    assert asked <= 1 + int(time.monotonic() - started)
+    # Another token, or the same token on a route that needs another role, is asked afresh.
+    assert status_with(system, f"Bearer {user_token}") == 200
+    reader = system.session(user_token)
+    denied = reader.post(f"{system.url}/api/patients", timeout=10,
+                         json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"})
+    assert denied.status_code == 403
+
+
+def test_a_remembered_yes_still_replaces_client_sent_identity_headers(system):
+    admin = system.session()
+    forged = {"X-User-Role": "ADMIN", "X-User-Email": "boss@example.com"}
+    created = []
+    for _ in range(3):  # the first is asked; the others answered from the gateway's memo
+        response = admin.post(f"{system.url}/api/patients", headers=forged, timeout=10,
+                              json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"})
+        assert response.status_code == 201
+        created.append(response.json()["id"])
+
+    def creators():
+        lines = [json.loads(line.split("| ", 1)[1]) for line in system.log_lines("patient")
+                 if "patient created" in line]
+        return {line["patient_id"]: line.get("by") for line in lines if line["patient_id"] in created}
+
+    wait_for(lambda: len(creators()) == 3, timeout=10, message="the creates in patient's log")
+    assert set(creators().values()) == {"testuser@test.com"}
+
+
 @pytest.fixture(scope="module")
 def user_token(system):
     admin = system.session()

@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 
 from gateway.ext_authz import create_server, watch_auth
 from gateway.ext_authz.config import Config
+from gateway.ext_authz.service import ROUTE_METADATA
 from tests.auth.helpers import bearer, create_user, token_for
 from tests.support import free_port, wait_for
 
@@ -53,7 +54,9 @@ class ExtAuthz:
         request = external_auth_pb2.CheckRequest()
         request.attributes.request.http.headers.update(headers)
         request.attributes.request.http.path = "/api/patients"
-        request.attributes.context_extensions["required_role"] = required_role
+        if required_role is not None:  # as the route's metadata names it
+            request.attributes.route_metadata_context.filter_metadata[ROUTE_METADATA].update(
+                {"required_role": required_role})
         return external_auth_pb2_grpc.AuthorizationStub(self.channel).Check(request, timeout=5)
 
     def serving(self):
@@ -107,6 +110,25 @@ def test_a_user_token_on_an_admin_route_is_403(auth, authz):
     assert authz.check(f"Bearer {user}", required_role="USER").status.code == code_pb2.OK
     denied = authz.check(f"Bearer {user}", required_role="ADMIN")
     assert denied.status.code == code_pb2.PERMISSION_DENIED and denied.denied_response.status.code == 403
+
+
+def test_a_route_that_names_no_role_needs_the_strictest(auth, authz):
+    client = auth.app.test_client()
+    admin = token_for(client)
+    assert create_user(client, "plain@example.com", **bearer(admin), **{"X-User-Role": "ADMIN"}).status_code == 201
+    user = token_for(client, "plain@example.com", "Correct-horse-42")
+    assert authz.check(f"Bearer {user}", required_role=None).denied_response.status.code == 403
+    assert authz.check(f"Bearer {admin}", required_role=None).status.code == code_pb2.OK
+
+
+def test_a_yes_tells_the_gateway_who_and_until_when_it_may_reuse_it(auth, authz):
+    token = token_for(auth.app.test_client())
+    for _ in range(2):  # asked auth, then answered from the cache: the same bound
+        before = time.time() * 1000
+        grant = authz.check(f"Bearer {token}").dynamic_metadata
+        assert grant["user"] == "testuser@test.com" and grant["role"] == "ADMIN"
+        # Never later than CACHE_SECONDS (0.5) from now.
+        assert before < grant["reusable_until_ms"] <= time.time() * 1000 + 500
 
 
 def test_a_revoked_token_is_refused_once_the_cache_bound_passes(auth, authz):

@@ -3,6 +3,9 @@ by a retry that lives in the database (so it survives a restart)."""
 import time
 import uuid
 
+import sqlalchemy as sa
+
+from billing.store import accounts
 from patient.billing import retry_pending_accounts
 from patient.extensions import db
 from tests.support import wait_for
@@ -58,3 +61,19 @@ def test_billing_is_asked_once_per_create_and_is_idempotent(app, client, billing
     with app.app_context():
         again = app.extensions["billing_client"].open_account(created["id"], "Once", "once@example.com")
     assert again == created["billingAccountId"]
+
+
+def test_a_create_refused_as_a_duplicate_closes_the_account_it_opened(client, billing):
+    patient = {"name": "First", "email": "Same@Example.com", "address": "1 Road",
+               "dateOfBirth": "1970-01-01", "registeredDate": "2024-01-01"}
+    first = client.post("/patients", json=patient)
+    assert first.status_code == 201
+    second = client.post("/patients", json={**patient, "name": "Second", "email": "same@example.com"})
+    assert second.status_code == 409
+    with billing.store.engine.connect() as connection:
+        statuses = dict(connection.execute(
+            sa.select(accounts.c.name, accounts.c.status).where(accounts.c.email.in_(
+                ["Same@Example.com", "same@example.com"]))).all())
+    # Billing saw both creates; only the patient that exists keeps an open account.
+    assert statuses == {"First": "ACTIVE", "Second": "CLOSED"}
+    assert client.get(f"/patients/{first.get_json()['id']}").get_json()["billingStatus"] == "ACTIVE"

@@ -1,0 +1,60 @@
+"""The gateway's per-request log lines follow LOG_LEVEL like every service's:
+all requests at INFO, only server errors (as ERROR lines) above it. Real
+Envoy with the rendered config, no services behind it."""
+import json
+import subprocess
+import time
+
+import pytest
+import requests
+
+from gateway.render import render
+from stack.parts import BIN
+from tests.support import free_port, wait_for
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    started = []
+
+    def start(log_level):
+        ports = {"GATEWAY_PORT": free_port(), "ENVOY_ADMIN_PORT": free_port()}
+        config = render(tmp_path / log_level / "envoy.yaml",
+                        {"LOG_LEVEL": log_level, **{key: str(value) for key, value in ports.items()}})
+        process = subprocess.Popen([str(BIN / "envoy"), "-c", str(config), "--disable-hot-restart",
+                                    "--concurrency", "1", "--log-level", "error"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        started.append(process)
+        url = f"http://127.0.0.1:{ports['GATEWAY_PORT']}"
+        wait_for(lambda: requests.get(f"{url}/docs/", timeout=1).status_code == 200, timeout=30,
+                 message="envoy to listen")
+        return process, url
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def access_lines(process, url):
+    """Sends an OK request (/docs/), then a 503 (/health: no service is up); returns the log lines."""
+    assert requests.get(f"{url}/docs/", timeout=5).status_code == 200
+    assert requests.get(f"{url}/health", timeout=5).status_code == 503
+    time.sleep(1.5)  # Envoy flushes access logs about once a second
+    process.terminate()
+    output, _ = process.communicate(timeout=10)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [(line["level"], line["path"], line["status"]) for line in lines]
+
+
+def test_at_info_every_request_is_logged(gateway):
+    process, url = gateway("INFO")
+    lines = access_lines(process, url)
+    assert ("INFO", "/docs/", 200) in lines and ("INFO", "/health", 503) in lines
+
+
+def test_above_info_only_server_errors_are_logged_as_errors(gateway):
+    process, url = gateway("WARNING")
+    lines = access_lines(process, url)
+    assert ("ERROR", "/health", 503) in lines
+    assert not [line for line in lines if line[2] < 500]
