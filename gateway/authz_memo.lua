@@ -3,12 +3,12 @@
 -- ext_authz decides every request it sees; this only spares it (and the
 -- gRPC round trip, most of the gateway's cost per request) the same
 -- question asked again: a token it allowed for a role is allowed again for
--- that role until the time ext_authz gave with its yes. That time is its
--- own cache bound, never past the token's expiry, so a logout takes effect
--- as soon as without the memo. No's are never remembered: every 401, 403
--- and 503 is ext_authz's answer. On a hit this sets the identity headers
--- itself (overwriting any a client sent) and marks the request, and the
--- ext_authz filter is configured to skip marked requests.
+-- that role for as long as ext_authz said with its yes (counted from when
+-- it was asked). That is what is left of its own cache bound, never past the
+-- token's expiry, so a logout takes effect as soon as without the memo.
+-- No's are never remembered: every 401, 403 and 503 is ext_authz's answer.
+-- On a hit this sets the identity headers itself (overwriting any a client
+-- sent) and marks the request; the ext_authz filter skips marked requests.
 --
 -- The role a route needs is its metadata `pms.authz: {required_role}`, the
 -- same entry ext_authz reads; a route without one is never answered here.
@@ -36,7 +36,12 @@ function envoy_on_request(handle)
     memo[key] = nil
     size = size - 1
   end
-  handle:streamInfo():dynamicMetadata():set(NAMESPACE, "key", key)
+  -- Taken before ext_authz is asked, so the entry ends no later than its
+  -- bound however long the upstream takes (the entry is stored on the
+  -- response) and whatever ext_authz's clock says.
+  local marks = handle:streamInfo():dynamicMetadata()
+  marks:set(NAMESPACE, "key", key)
+  marks:set(NAMESPACE, "asked_at_ms", handle:timestamp())
 end
 
 function envoy_on_response(handle)
@@ -46,7 +51,7 @@ function envoy_on_response(handle)
     return
   end
   local grant = metadata:get("envoy.filters.http.ext_authz")
-  if grant == nil or grant.reusable_until_ms == nil then
+  if grant == nil or grant.reusable_for_ms == nil or grant.reusable_for_ms <= 0 then
     return
   end
   if memo[asked.key] == nil then
@@ -55,5 +60,5 @@ function envoy_on_response(handle)
     end
     size = size + 1
   end
-  memo[asked.key] = {user = grant.user, role = grant.role, until_ms = grant.reusable_until_ms}
+  memo[asked.key] = {user = grant.user, role = grant.role, until_ms = asked.asked_at_ms + grant.reusable_for_ms}
 end

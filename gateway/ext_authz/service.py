@@ -74,11 +74,10 @@ class TokenValidator:
 
 def allow(email, role, reusable_for):
     """The yes, with the identity headers, and the same facts as dynamic
-    metadata for the gateway's memo (gateway/authz_memo.lua): who, and until
-    when (ms since the epoch) this yes may be reused without asking again."""
+    metadata for the gateway's memo (gateway/authz_memo.lua): who, and for
+    how many more ms this yes may be reused without asking again."""
     grant = struct_pb2.Struct()
-    grant.update({"user": email, "role": role,
-                  "reusable_until_ms": int((time.time() + reusable_for) * 1000)})
+    grant.update({"user": email, "role": role, "reusable_for_ms": int(reusable_for * 1000)})
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK), dynamic_metadata=grant,
         ok_response=external_auth_pb2.OkHttpResponse(headers=[
