@@ -31,9 +31,10 @@ def system(work_dir, database_url):
         running.stop()
 
 
-def wrk(url, seconds, connections, headers=(), script=None, script_args=()):
+def wrk(url, seconds, connections, headers=(), script=None, script_args=(), threads=None):
     """Runs wrk; returns requests/s, p50 and p99 in ms, and non-2xx count."""
-    command = ["wrk", f"-t{min(4, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency",
+    threads = threads or min(4, connections)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
                "--timeout", "5s"]
     for header in headers:
         command += ["-H", header]
@@ -41,7 +42,7 @@ def wrk(url, seconds, connections, headers=(), script=None, script_args=()):
         command += ["-s", str(script)]
     command.append(url)
     if script_args:
-        command += ["--", *script_args]
+        command += ["--", *map(str, script_args)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     def latency(percent):

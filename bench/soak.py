@@ -1,21 +1,24 @@
-"""Soak: creates and reads at a steady rate for a long time, then errors and
-memory. `python -m bench.soak --minutes 10 [--rate N]`
+"""Soak: steady creates (each read back) through the gateway for a long time,
+then errors and memory. `python -m bench.soak --minutes 10 [--rate N]`
 
-The rate defaults to half of P2's creates/s from bench/results.json (or 50/s).
-Every part's RSS (summed over its processes) is read at the start, each
-minute, and at the end; a part whose memory keeps growing shows it here.
+The create rate defaults to half of P2's creates/s from bench/results.json
+(or 50/s); each create is read back once. The load is wrk (bench/soak.lua),
+run in one-minute rounds: after each, the pause per connection is adjusted so
+the achieved rate tracks the asked one, and every part's RSS (summed over its
+processes) is read. Errors are wrk's non-2xx answers and socket errors.
 """
 import argparse
 import json
-import threading
-import time
 import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import figures
 from .__main__ import RESULTS, bench_database, drop_database
+
+SOAK_SCRIPT = Path(__file__).with_name("soak.lua")
+CONNECTIONS = 8
+READS_PER_CREATE = 1
+ROUND_SECONDS = 60
 
 
 def rss_by_part(running):
@@ -29,8 +32,8 @@ def rss_by_part(running):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--rate", type=float, help="creates per second (reads are 3x that)")
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--rate", type=float, help="creates per second (each is read back once)")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
     rate = args.rate
@@ -39,55 +42,40 @@ def main(argv=None):
         rate = round(previous.get("detail", {}).get("creates_per_s", 100) / 2, 1)
     db_name, db_url = bench_database(args.postgres)
     work = Path(f"/tmp/pms-soak-{uuid.uuid4().hex[:6]}")
-    statuses = Counter()
+    rounds = []
     try:
         with figures.system(work, db_url) as running:
-            api = running.session()
+            token = running.token()
             samples = [("start", rss_by_part(running))]
-            deadline = time.monotonic() + args.minutes * 60
-            next_sample = time.monotonic() + 60
-
-            in_flight = threading.BoundedSemaphore(64)
-
-            def create(index):
-                try:
-                    one_patient(index)
-                finally:
-                    in_flight.release()
-
-            def one_patient(index):
-                response = api.post(f"{running.url}/api/patients", timeout=20, json={
-                    "name": f"Soak {index}", "email": f"soak-{uuid.uuid4().hex}@example.com",
-                    "address": "1 Soak St", "dateOfBirth": "1980-01-01", "registeredDate": "2024-01-01"})
-                statuses[response.status_code] += 1
-                for _ in range(3):
-                    statuses[api.get(f"{running.url}/api/patients/{response.json()['id']}", timeout=20)
-                             .status_code] += 1
-
-            started = time.monotonic()
-            with ThreadPoolExecutor(max_workers=32) as pool:
-                index = 0
-                while time.monotonic() < deadline:
-                    time.sleep(max(0.0, started + index / rate - time.monotonic()))
-                    in_flight.acquire()  # when the system falls behind, the offered rate drops
-                    pool.submit(create, index)
-                    index += 1
-                    if time.monotonic() >= next_sample:
-                        samples.append((f"{round((time.monotonic() - started) / 60)} min", rss_by_part(running)))
-                        next_sample += 60
-            achieved = round(index / (time.monotonic() - started), 1)
-            samples.append(("end", rss_by_part(running)))
+            pace_ms = CONNECTIONS * 1000 / rate  # first guess: as if requests took no time
+            for minute in range(1, args.minutes + 1):
+                result = figures.wrk(f"{running.url}/api/patients", ROUND_SECONDS, CONNECTIONS,
+                                     headers=[f"Authorization: Bearer {token}"], script=SOAK_SCRIPT,
+                                     script_args=[f"{uuid.uuid4().hex[:6]}", round(pace_ms), READS_PER_CREATE],
+                                     threads=CONNECTIONS)
+                creates_per_s = result["rps"] / (1 + READS_PER_CREATE)
+                rounds.append({**result, "pace_ms": round(pace_ms), "creates_per_s": round(creates_per_s, 1)})
+                samples.append((f"{minute} min", rss_by_part(running)))
+                # A connection's cycle is its pause plus its requests' time: keep
+                # the requests' share, change the pause to hit the asked rate.
+                busy_ms = max(0.0, CONNECTIONS * 1000 / max(creates_per_s, 0.1) - pace_ms)
+                pace_ms = max(0.0, CONNECTIONS * 1000 / rate - busy_ms)
     finally:
         drop_database(args.postgres, db_name)
-    errors = sum(count for status, count in statuses.items() if status >= 400)
-    print(f"\nsoak: {args.minutes} min, {rate} creates/s asked, {achieved} achieved (+3 reads each): "
-          f"{dict(statuses)}; errors: {errors}")
+    requests_done = sum(r["rps"] * r["seconds"] for r in rounds)
+    errors = sum(r["errors"] for r in rounds)
+    socket_errors = [r["socket_errors"] for r in rounds if r["socket_errors"] != "none"]
+    achieved = round(sum(r["creates_per_s"] for r in rounds) / len(rounds), 1)
+    print(f"\nsoak: {args.minutes} min, {rate} creates/s asked, {achieved} achieved (+{READS_PER_CREATE} read"
+          f" each): {round(requests_done)} requests, non-2xx: {errors}, socket errors: {socket_errors or 'none'}")
+    print("per minute: creates/s " + ", ".join(str(r["creates_per_s"]) for r in rounds)
+          + "; p99 ms " + ", ".join(str(r["p99_ms"]) for r in rounds))
     print("RSS MiB per part:")
     parts = sorted(samples[0][1])
     print(f"{'':>8}  " + " ".join(f"{p:>18}" for p in parts))
     for label, sizes in samples:
         print(f"{label:>8}  " + " ".join(f"{sizes.get(p, 0):>18}" for p in parts))
-    return 1 if errors else 0
+    return 1 if errors or socket_errors else 0
 
 
 if __name__ == "__main__":
