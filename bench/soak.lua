@@ -2,6 +2,9 @@
 -- `reads` times, then pauses `pace` ms before its next create. Run with one
 -- connection per thread (-t = -c): the state below is per thread.
 -- Usage: wrk -tN -cN ... -s bench/soak.lua <gateway>/api/patients -- <run-id> <pace ms> <reads>
+-- Not folded into create.lua: wrk parses every response body and schedules
+-- every request on a timer once a script defines response() and delay(),
+-- which would slow P2's client for nothing.
 local threads_made = 0
 
 function setup(thread)
