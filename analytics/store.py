@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pms_common.db import padded_for_in
 from pms_common.events import CREATED, DELETED, UPDATED
 
 from .models import SUMMARY_ROW_ID, ConsumerStatus, PatientState, ProcessedEvent, Registration, Summary
@@ -32,7 +33,7 @@ def apply_events(connection, events, now=None):
     if not batch:
         return 0
     seen = set(connection.scalars(sa.select(ProcessedEvent.event_id)
-                                  .where(ProcessedEvent.event_id.in_(list(batch)))))
+                                  .where(ProcessedEvent.event_id.in_(padded_for_in(batch)))))
     new_events = [event for event_id, event in batch.items() if event_id not in seen]
     if not new_events:
         return 0
@@ -40,7 +41,7 @@ def apply_events(connection, events, now=None):
     patient_ids = {event.patient_id for event in new_events}
     stored = {row.patient_id: row for row in connection.execute(
         sa.select(PatientState.patient_id, PatientState.registered_month, PatientState.active)
-        .where(PatientState.patient_id.in_(patient_ids)))}
+        .where(PatientState.patient_id.in_(padded_for_in(patient_ids))))}
     # patient id -> (registered_month, active) after this batch
     states = {patient_id: (row.registered_month, row.active) for patient_id, row in stored.items()}
     totals = Counter()

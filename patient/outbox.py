@@ -11,6 +11,7 @@ import uuid
 import sqlalchemy as sa
 from confluent_kafka import KafkaException, Producer
 
+from pms_common.db import padded_for_in
 from pms_common.events import PatientEvent
 from pms_common.kafka import producer_config
 
@@ -89,7 +90,7 @@ class OutboxRelay:
             self.producer.poll(0)
         if acknowledged:
             db.session.execute(
-                sa.update(OutboxEvent).where(OutboxEvent.id.in_(acknowledged))
+                sa.update(OutboxEvent).where(OutboxEvent.id.in_(padded_for_in(acknowledged)))
                 .values(published_at=utcnow()).execution_options(synchronize_session=False))
             db.session.commit()
         return len(acknowledged)

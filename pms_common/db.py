@@ -50,6 +50,18 @@ def _check_if_idle(dbapi_connection, record, _proxy):
         raise exc.DisconnectionError(str(error)) from error
 
 
+def padded_for_in(values):
+    """The values for an IN list, padded to a power of two by repeating the
+    last one (same result): batches of any size then make a handful of
+    distinct statements, not one per size, so the statement caches of
+    SQLAlchemy, the driver and the server stay small (a process's memory
+    crept up by one cached statement per new batch size) and warm."""
+    values = list(values)
+    if len(values) > 1:
+        values += values[-1:] * ((1 << (len(values) - 1).bit_length()) - len(values))
+    return values
+
+
 def engine_options(url):
     if url.startswith("sqlite"):
         return {}

@@ -114,3 +114,23 @@ def test_concurrent_writers_of_the_same_events_count_them_once(app):
     assert sum(counted) == 50
     summary, months = figures(app)
     assert (summary["events_processed"], summary["patients_created"], months) == (50, 50, {"2024-06": 50})
+
+
+def test_batches_of_every_size_make_a_handful_of_distinct_statements(app):
+    """One statement per batch size would grow every statement cache (SQLAlchemy's,
+    the driver's, the server's) with each new size: the consumer's memory crept."""
+    statements = set()
+
+    def seen(_conn, _cursor, statement, *_args):
+        statements.add(statement)
+
+    with app.app_context():
+        sa.event.listen(db.engine, "before_cursor_execute", seen)
+        try:
+            for size in range(1, 41):
+                apply(app, *(patient_event(CREATED) for _ in range(size)))
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", seen)
+    lookups = {statement for statement in statements if " IN (" in statement}
+    assert 0 < len(lookups) <= 2 * 7  # two lookups, IN lists of 1, 2, 4, ... 64
+    assert figures(app)[0]["patients_created"] == sum(range(1, 41))
