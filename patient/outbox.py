@@ -1,7 +1,8 @@
 """The transactional outbox: record an event with the change, publish it later.
 
 record_event() adds the event row to the session of the change (a create
-inserts outbox_row() beside its own row), so both commit or neither does. OutboxRelay publishes unpublished rows in order and marks them
+inserts outbox_row() beside its own row), so both commit or neither does.
+OutboxRelay publishes unpublished rows in order and marks them
 published only after the broker acknowledged them: a broker that is down
 delays events, never loses them (delivery is at least once; consumers drop
 repeats by event id)."""
