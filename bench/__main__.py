@@ -30,6 +30,11 @@ GOALS = {"P1": (">= 0.80", lambda v: v >= 0.80), "P2": (">= 0.30", lambda v: v >
          "P5": ("< 180 s", lambda v: v < 180)}
 
 
+def postgres_admin_url():
+    """The server the benchmarks make their databases on."""
+    return os.environ.get("PMS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
 def bench_database(admin_url):
     name = f"pms_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -58,7 +63,7 @@ def main(argv=None):
     wanted = set(args.only.split(","))
     if not shutil.which("wrk") and wanted & {"P1", "P2"}:
         sys.exit("bench needs wrk: apt-get install wrk")
-    admin_url = os.environ.get("PMS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    admin_url = postgres_admin_url()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     work = Path(tempfile.mkdtemp(prefix="pms-bench-"))
     measured = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 from stack.parts import BIN, ROOT
 
 from . import figures
-from .__main__ import bench_database, drop_database
+from .__main__ import bench_database, drop_database, postgres_admin_url
 
 PROFILES = ROOT / "bench" / "profiles"
 # The Python parts; gunicorn's master only forks, so its workers are profiled.
@@ -53,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
     PROFILES.mkdir(exist_ok=True)
-    admin_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+    admin_url = postgres_admin_url()
     db_name, db_url = bench_database(admin_url)
     try:
         with figures.system(Path(tempfile.mkdtemp(prefix="pms-profile-")), db_url) as running:

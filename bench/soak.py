@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from . import figures
-from .__main__ import RESULTS, bench_database, drop_database
+from .__main__ import RESULTS, bench_database, drop_database, postgres_admin_url
 
 SOAK_SCRIPT = Path(__file__).with_name("soak.lua")
 CONNECTIONS = 8
@@ -34,7 +34,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--rate", type=float, help="creates per second (each is read back once)")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--postgres", default=postgres_admin_url())
     args = parser.parse_args(argv)
     rate = args.rate
     if rate is None:
