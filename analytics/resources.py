@@ -24,7 +24,7 @@ class SummaryResource(MethodView):
 
 @blp.route("/registrations")
 class RegistrationsResource(MethodView):
-    @blp.arguments(RegistrationQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(RegistrationQuerySchema(), location="query", as_kwargs=True)
     @blp.response(200, MonthlyRegistrationSchema(many=True))
     def get(self, first_month=None, last_month=None):
         """Registrations per month

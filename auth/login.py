@@ -39,7 +39,7 @@ def require_token():
 
 @blp.route("/login")
 class Login(MethodView):
-    @blp.arguments(LoginSchema)
+    @blp.arguments(LoginSchema())
     @blp.response(200, TokenSchema)
     @blp.alt_response(401, description="Unknown email or wrong password (the same answer for both)")
     @blp.alt_response(429, description="Too many failed logins for this account or client; "

@@ -42,7 +42,7 @@ class Users(MethodView):
                        pagination_parameters)
 
     @blp.doc(security=BEARER_AUTH)
-    @blp.arguments(UserCreateSchema)
+    @blp.arguments(UserCreateSchema())
     @blp.response(201, UserSchema)
     @blp.alt_response(409, description="Another user has this email (compared case-insensitively)")
     def post(self, data):

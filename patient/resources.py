@@ -38,6 +38,10 @@ blp = PatientBlueprint("patients", __name__, url_prefix="/patients",
 SORT_COLUMNS = {"name": Patient.name, "dateOfBirth": Patient.date_of_birth,
                 "registeredDate": Patient.registered_date}
 EMAIL_TAKEN = "A patient with this email already exists."
+# Built once: a statement object memoizes its cache key, so reusing it skips
+# that work on every create.
+INSERT_PATIENT = sa.insert(Patient.__table__)
+INSERT_EVENT = sa.insert(OutboxEvent.__table__)
 
 
 def get_or_404(patient_id):
@@ -47,17 +51,19 @@ def get_or_404(patient_id):
     return patient
 
 
-def commit_or_conflict(patient_id, write=None):
-    """Runs write() if given, then commits; a duplicate email (the unique
-    index) becomes 409; a row that a concurrent request changed since it was
-    read becomes 412, or 404 if that request deleted it."""
+def email_taken():
+    abort(409, message=EMAIL_TAKEN, errors={"json": {"email": [EMAIL_TAKEN]}})
+
+
+def commit_or_conflict(patient_id):
+    """Commits; a duplicate email (the unique index) becomes 409; a row that
+    a concurrent request changed since it was read becomes 412, or 404 if
+    that request deleted it."""
     try:
-        if write is not None:
-            write()
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        abort(409, message=EMAIL_TAKEN, errors={"json": {"email": [EMAIL_TAKEN]}})
+        email_taken()
     except (StaleDataError, ObjectDeletedError):
         db.session.rollback()
         if db.session.get(Patient, patient_id) is None:
@@ -71,7 +77,7 @@ def acting_user():
 
 @blp.route("")
 class Patients(MethodView):
-    @blp.arguments(PatientQuerySchema, location="query")
+    @blp.arguments(PatientQuerySchema(), location="query")
     @blp.response(200, PatientSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=500)
     def get(self, query, pagination_parameters):
@@ -93,7 +99,7 @@ class Patients(MethodView):
         return page_of(db.session, sa.select(Patient).where(*filters).order_by(order, Patient.id),
                        pagination_parameters)
 
-    @blp.arguments(PatientSchema)
+    @blp.arguments(PatientSchema())
     @blp.response(201, PatientSchema)
     @blp.alt_response(409, description="Another patient has this email")
     def post(self, data):
@@ -117,19 +123,18 @@ class Patients(MethodView):
             patient.billing_status, patient.billing_attempts = BILLING_PENDING, 1
             patient.billing_next_attempt_at = next_attempt_at(0, config["BILLING_RETRY_MAX_SECONDS"])
 
-        def insert():
-            # Plain INSERTs: a new row needs none of the ORM's unit of work,
-            # which was a third of a create's CPU.
-            connection = db.session.connection()
-            connection.execute(sa.insert(Patient.__table__),
-                               {column.key: getattr(patient, column.key) for column in Patient.__table__.c})
-            connection.execute(sa.insert(OutboxEvent.__table__), outbox_row(patient, CREATED))
-
         try:
-            commit_or_conflict(patient.id, insert)
-        except Exception:
+            # Plain INSERTs in a transaction of their own: a new row needs
+            # none of the ORM session's unit of work (a third of a create's CPU).
+            with db.engine.begin() as connection:
+                connection.execute(INSERT_PATIENT,
+                                   {column.key: getattr(patient, column.key) for column in Patient.__table__.c})
+                connection.execute(INSERT_EVENT, outbox_row(patient, CREATED))
+        except Exception as error:
             if patient.billing_account_id:
                 close_orphan_account(billing, patient.id)
+            if isinstance(error, IntegrityError):
+                email_taken()
             raise
         log.info("patient created", extra={"patient_id": str(patient.id), "by": acting_user()})
         return patient, 201, {"Location": url_for("patients.PatientById", patient_id=patient.id)}
@@ -145,7 +150,7 @@ class PatientById(MethodView):
         return get_or_404(patient_id)
 
     @blp.etag
-    @blp.arguments(PatientUpdateSchema)
+    @blp.arguments(PatientUpdateSchema())
     @blp.response(200, PatientSchema)
     @blp.alt_response(404, description="No such patient")
     @blp.alt_response(409, description="Another patient has this email")
