@@ -10,7 +10,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pms_common.config import normalize_database_url
-from pms_common.db import engine_options
+from pms_common.db import autocommit, engine_options
 
 ACTIVE, CLOSED = "ACTIVE", "CLOSED"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -64,9 +64,6 @@ class Store:
     def __init__(self, database_url):
         url = normalize_database_url(database_url)
         self.engine = sa.create_engine(url, **engine_options(url))
-        # One statement needs no transaction around it: without BEGIN and
-        # COMMIT an open is one round trip to the database instead of three.
-        self._single_statements = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         insert = _INSERT[self.engine.dialect.name]
         by_patient = accounts.c.patient_id == sa.bindparam("patient")
         # Built once; each call only binds values.
@@ -92,8 +89,10 @@ class Store:
         """The patient's account, made now unless one exists. The UNIQUE
         patient_id decides between racing calls: the loser's insert does
         nothing and it reads the winner's row. An existing account is returned
-        as it is, even CLOSED: a patient never gets a second account."""
-        with self._single_statements.connect() as connection:
+        as it is, even CLOSED: a patient never gets a second account. Each
+        statement commits on its own (autocommit): the insert is atomic and
+        the read after a lost race sees the winner's committed row."""
+        with autocommit(self.engine).connect() as connection:
             row = connection.execute(self._open, {
                 "account_id": new_account_id(), "patient_id": patient_id, "name": name,
                 "email": email, "status": ACTIVE, "created_at": utcnow(), "closed_at": None,

@@ -12,12 +12,12 @@ import uuid
 import sqlalchemy as sa
 from confluent_kafka import KafkaException, Producer
 
-from pms_common.db import padded_for_in
+from pms_common.db import autocommit, padded_for_in
 from pms_common.events import PatientEvent
 from pms_common.kafka import producer_config
 
 from .extensions import db
-from .models import OutboxEvent, utcnow
+from .models import OutboxEvent, Patient, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,39 @@ def outbox_row(patient, event_type):
     )
     return {"event_id": event_id, "patient_id": patient.id, "event_type": event_type,
             "payload": event.SerializeToString(), "created_at": occurred_at}
+
+
+def _bound(table, prefix, columns):
+    return {name: sa.bindparam(prefix + name, type_=table.c[name].type) for name in columns}
+
+
+_EVENT_COLUMNS = ("event_id", "patient_id", "event_type", "payload", "created_at")
+# Built once (a statement object memoizes its cache key): the two INSERTs of
+# a create, and on PostgreSQL both in one statement, the patient's as a CTE.
+_INSERT_PATIENT = sa.insert(Patient.__table__)
+_INSERT_EVENT = sa.insert(OutboxEvent.__table__)
+_INSERT_PATIENT_WITH_EVENT = (
+    sa.insert(OutboxEvent.__table__)
+    .values(_bound(OutboxEvent.__table__, "event_", _EVENT_COLUMNS))
+    .add_cte(sa.insert(Patient.__table__)
+             .values(_bound(Patient.__table__, "patient_", Patient.__table__.c.keys()))
+             .cte("new_patient")))
+
+
+def insert_with_event(engine, patient_row, event_row):
+    """Writes a new patient and its event atomically. On PostgreSQL that is
+    one statement in autocommit: one round trip, not four (BEGIN, two
+    INSERTs, COMMIT), which was a sixth of a create's CPU. SQLite, in
+    process, has no round trips to save and no INSERT in a WITH clause."""
+    if engine.dialect.name == "postgresql":
+        params = {**{"patient_" + key: value for key, value in patient_row.items()},
+                  **{"event_" + key: event_row[key] for key in _EVENT_COLUMNS}}
+        with autocommit(engine).connect() as connection:
+            connection.execute(_INSERT_PATIENT_WITH_EVENT, params)
+    else:
+        with engine.begin() as connection:
+            connection.execute(_INSERT_PATIENT, patient_row)
+            connection.execute(_INSERT_EVENT, event_row)
 
 
 def record_event(patient, event_type):

@@ -2,6 +2,7 @@
 safe for several processes, a liveness check for idle pooled connections,
 and one readiness probe."""
 import time
+import weakref
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -60,6 +61,17 @@ def padded_for_in(values):
     if len(values) > 1:
         values += values[-1:] * ((1 << (len(values) - 1).bit_length()) - len(values))
     return values
+
+
+_autocommit_engines = weakref.WeakKeyDictionary()
+
+
+def autocommit(engine):
+    """The engine for work that is one statement, atomic by itself: without
+    BEGIN and COMMIT around it, it is one round trip instead of three."""
+    if engine not in _autocommit_engines:
+        _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return _autocommit_engines[engine]
 
 
 def engine_options(url):

@@ -6,6 +6,7 @@ import uuid
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
+from billing.store import accounts
 from patient.extensions import db
 from patient.models import OutboxEvent
 from patient.outbox import OutboxRelay
@@ -128,3 +129,24 @@ def test_the_worker_publishes_and_opens_pending_accounts_then_stops_on_request(m
         stop.set()
         worker.join(15)
     assert not worker.is_alive()
+
+
+def test_a_create_whose_event_cannot_be_written_leaves_no_patient(app, client, billing):
+    """The patient and its event are written as one: when the event's INSERT
+    fails (its table renamed away here), no patient row is left without its
+    event, and the billing account opened for it is closed again."""
+    with app.app_context():
+        with db.engine.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE outbox_events RENAME TO outbox_events_away"))
+        try:
+            response = client.post("/patients", json=VALID)
+        finally:
+            with db.engine.begin() as connection:
+                connection.execute(sa.text("ALTER TABLE outbox_events_away RENAME TO outbox_events"))
+    # SQLite reports the missing table as an outage (503), PostgreSQL as a bug (500).
+    assert response.status_code in (500, 503)
+    assert response.get_json()["code"] == response.status_code
+    assert client.get("/patients", query_string={"email": VALID["email"]}).get_json() == []
+    assert outbox_rows(app) == []
+    with billing.store.engine.connect() as connection:
+        assert connection.execute(sa.select(accounts.c.status)).scalars().all() == ["CLOSED"]
