@@ -5,12 +5,17 @@ The create rate defaults to half of P2's creates/s from bench/results.json
 (or 50/s); each create is read back once. The load is wrk (bench/soak.lua),
 run in one-minute rounds: after each, the pause per connection is adjusted so
 the achieved rate tracks the asked one, and every part's RSS (summed over its
-processes) is read. Errors are wrk's non-2xx answers and socket errors.
+processes) is read. Errors are wrk's non-2xx answers and socket errors. After
+the load it waits (up to 2 min) until analytics counts every patient and every
+patient has its billing account, and says how long that took.
 """
 import argparse
 import json
+import time
 import uuid
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from . import figures
 from .__main__ import RESULTS, bench_database, drop_database, postgres_admin_url
@@ -19,6 +24,30 @@ SOAK_SCRIPT = Path(__file__).with_name("soak.lua")
 CONNECTIONS = 8
 READS_PER_CREATE = 1
 ROUND_SECONDS = 60
+CATCH_UP_SECONDS = 120
+
+
+def caught_up(db_url):
+    """After the load: how long until analytics counts every patient and every
+    patient has its billing account (None if not within CATCH_UP_SECONDS),
+    and the counts then."""
+    engine = sa.create_engine(db_url)
+    started = time.monotonic()
+    try:
+        while True:
+            with engine.connect() as connection:
+                patients = connection.execute(sa.text("SELECT count(*) FROM patients")).scalar()
+                pending = connection.execute(sa.text(
+                    "SELECT count(*) FROM patients WHERE billing_status <> 'ACTIVE'")).scalar()
+                counted = connection.execute(sa.text("SELECT active_patients FROM analytics_summary")).scalar()
+            waited = time.monotonic() - started
+            if (counted == patients and not pending) or waited > CATCH_UP_SECONDS:
+                done = counted == patients and not pending
+                return {"patients": patients, "analytics_counted": counted, "billing_pending": pending,
+                        "caught_up_after_s": round(waited, 1) if done else None}
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
 
 
 def rss_by_part(running):
@@ -60,6 +89,7 @@ def main(argv=None):
                 # the requests' share, change the pause to hit the asked rate.
                 busy_ms = max(0.0, CONNECTIONS * 1000 / max(creates_per_s, 0.1) - pace_ms)
                 pace_ms = max(0.0, CONNECTIONS * 1000 / rate - busy_ms)
+            pipeline = caught_up(db_url)
     finally:
         drop_database(args.postgres, db_name)
     requests_done = sum(r["rps"] * r["seconds"] for r in rounds)
@@ -70,12 +100,14 @@ def main(argv=None):
           f" each): {round(requests_done)} requests, non-2xx: {errors}, socket errors: {socket_errors or 'none'}")
     print("per minute: creates/s " + ", ".join(str(r["creates_per_s"]) for r in rounds)
           + "; p99 ms " + ", ".join(str(r["p99_ms"]) for r in rounds))
+    print(f"after the load: {pipeline['patients']} patients, analytics counted {pipeline['analytics_counted']},"
+          f" billing pending {pipeline['billing_pending']}; caught up after {pipeline['caught_up_after_s']} s")
     print("RSS MiB per part:")
     parts = sorted(samples[0][1])
     print(f"{'':>8}  " + " ".join(f"{p:>18}" for p in parts))
     for label, sizes in samples:
         print(f"{label:>8}  " + " ".join(f"{sizes.get(p, 0):>18}" for p in parts))
-    return 1 if errors or socket_errors else 0
+    return 1 if errors or socket_errors or pipeline["caught_up_after_s"] is None else 0
 
 
 if __name__ == "__main__":
