@@ -13,6 +13,21 @@ from .outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 BILLING_SWEEP_SECONDS = 1.0
+# While there is nothing to publish the relay's pause doubles up to this, so an
+# idle system does not query its outbox every few ms (5 % of a core); the first
+# event after a quiet spell waits at most this long.
+IDLE_PAUSE_MAX_SECONDS = 0.25
+
+
+def next_pause(pause, published, batch_size, busy_pause):
+    """The relay's pause before its next batch: none after a full batch (a
+    backlog), the short one after some events, so that under load a batch
+    carries many events, not one; doubling while there were none."""
+    if published >= batch_size:
+        return 0.0
+    if published:
+        return busy_pause
+    return min(max(pause, busy_pause) * 2, max(IDLE_PAUSE_MAX_SECONDS, busy_pause))
 
 
 def relay_events(app, stop: threading.Event):
@@ -21,12 +36,12 @@ def relay_events(app, stop: threading.Event):
         relay = OutboxRelay(config["KAFKA_BOOTSTRAP_SERVERS"], config["EVENTS_TOPIC"],
                             batch_size=config["OUTBOX_BATCH_SIZE"])
         log.info("outbox relay started", extra={"backlog": relay.backlog()})
+        pause = config["OUTBOX_POLL_SECONDS"]
         try:
             while not stop.is_set():
-                # A full batch means a backlog: go on at once. Otherwise pause,
-                # so that under load a batch carries many events, not one.
-                if relay.publish_pending() < relay.batch_size:
-                    stop.wait(config["OUTBOX_POLL_SECONDS"])
+                pause = next_pause(pause, relay.publish_pending(), relay.batch_size, config["OUTBOX_POLL_SECONDS"])
+                if pause:
+                    stop.wait(pause)
         finally:
             relay.close()
 

@@ -3,6 +3,7 @@ relay publishes it only once the broker acknowledged, so a broker outage
 delays events and loses none."""
 import uuid
 
+import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
@@ -102,6 +103,18 @@ def test_one_patients_events_stay_in_order(app, client, broker):
         relay.close()
     names = [event.name for _, event in consume(broker.bootstrap, topic, 11)]
     assert names == ["Ada Lovelace"] + [f"Name {index}" for index in range(10)]
+
+
+def test_the_relay_pauses_not_at_all_in_a_backlog_briefly_under_load_and_longer_while_idle():
+    from patient.worker import next_pause
+    assert next_pause(0.03, 500, 500, busy_pause=0.03) == 0
+    assert next_pause(0.25, 7, 500, busy_pause=0.03) == 0.03
+    pauses = [0.0]
+    for _ in range(6):
+        pauses.append(next_pause(pauses[-1], 0, 500, busy_pause=0.03))
+    assert pauses == pytest.approx([0.0, 0.06, 0.12, 0.24, 0.25, 0.25, 0.25])
+    # A pause set longer than the idle bound is kept as it is.
+    assert next_pause(1.0, 0, 500, busy_pause=1.0) == 1.0
 
 
 def test_the_worker_publishes_and_opens_pending_accounts_then_stops_on_request(make_app, billing, broker):
