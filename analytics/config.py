@@ -31,6 +31,10 @@ class Config(ServiceConfig):
         # How long the broker may hold a fetch open when there is nothing new:
         # the lag from produce to counted on brokers that answer only then.
         self.FETCH_WAIT_MS = env_int("ANALYTICS_FETCH_WAIT_MS", 10)
+        # How long a counted event's id is kept to drop a redelivery of it:
+        # longer than the topic keeps events (Kafka's and MSK's default is 7
+        # days), so the store does not grow without bound.
+        self.DEDUP_HOURS = env_float("ANALYTICS_DEDUP_HOURS", 8 * 24)
         self.HEARTBEAT_SECONDS = env_float("CONSUMER_HEARTBEAT_SECONDS", 2.0)
         self.CONSUMER_STALE_SECONDS = env_float("CONSUMER_STALE_SECONDS", 15.0)
 
@@ -41,6 +45,8 @@ class Config(ServiceConfig):
         if self.BATCH_SIZE < 1 or self.TOPIC_PARTITIONS < 1 or self.FETCH_WAIT_MS < 1:
             raise ConfigError("ANALYTICS_BATCH_SIZE, ANALYTICS_TOPIC_PARTITIONS and "
                               "ANALYTICS_FETCH_WAIT_MS must be at least 1")
+        if self.DEDUP_HOURS <= 0:
+            raise ConfigError(f"ANALYTICS_DEDUP_HOURS must be positive, got {self.DEDUP_HOURS}")
         if self.BATCH_WAIT_MS < 0:
             raise ConfigError(f"ANALYTICS_BATCH_WAIT_MS must not be negative, got {self.BATCH_WAIT_MS}")
         if not self.PATIENT_TOPIC or self.PATIENT_TOPIC == self.DEAD_LETTER_TOPIC:

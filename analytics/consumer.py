@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -34,6 +35,7 @@ POLL_TIMEOUT = 0.1        # seconds a poll waits when nothing is queued
 COMMIT_INTERVAL = 0.5     # seconds between offset commits (stored offsets batch up)
 DLQ_FLUSH_TIMEOUT = 5.0  # seconds to wait for the dead-letter topic to take a batch
 RETRY_DELAYS = (0.5, 1, 2, 5)  # back-off after a failed batch, then 5 s each time
+FORGET_INTERVAL = 600.0   # seconds between sweeps of event ids older than DEDUP_HOURS
 
 
 class DeadLetterError(RuntimeError):
@@ -50,6 +52,7 @@ class PatientEventConsumer:
         self.producer = None
         self._next_heartbeat = 0.0
         self._next_commit = 0.0
+        self._next_forget = 0.0
         self._offsets_stored = False
         self._failures = 0
         self._client_error = None  # reported during a poll; the next heartbeat records it
@@ -74,6 +77,7 @@ class PatientEventConsumer:
                 if messages:
                     self._handle(messages)
                 self._commit_if_due()
+                self._forget_if_due()
         finally:
             self._close()
 
@@ -188,6 +192,22 @@ class PatientEventConsumer:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offset commit failed: %s", exc)
         self._next_commit = time.monotonic() + COMMIT_INTERVAL
+
+    def _forget_if_due(self):
+        """Deletes a chunk of event ids older than DEDUP_HOURS; a full chunk
+        means more are due, so the next one follows after the next batch."""
+        if time.monotonic() < self._next_forget:
+            return
+        before = store.utc_now() - timedelta(hours=self.config.DEDUP_HOURS)
+        forgotten = 0
+        try:
+            with self.engine.begin() as connection:
+                forgotten = store.forget_processed_events(connection, before)
+        except Exception as exc:  # the database is down: the next sweep tries again
+            log.warning("cannot forget old event ids: %s", exc)
+        if forgotten:
+            log.info("forgot the ids of old events", extra={"forgotten": forgotten})
+        self._next_forget = time.monotonic() + (0.0 if forgotten >= store.FORGET_CHUNK else FORGET_INTERVAL)
 
     def _heartbeat_if_due(self):
         if time.monotonic() >= self._next_heartbeat:

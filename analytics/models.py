@@ -66,7 +66,8 @@ class ProcessedEvent(db.Model):
     __tablename__ = "analytics_processed_events"
 
     event_id = sa.Column(sa.String(36), primary_key=True)
-    processed_at = sa.Column(UtcDateTime, nullable=False)
+    # Indexed: ids older than the dedup window are forgotten by this time.
+    processed_at = sa.Column(UtcDateTime, nullable=False, index=True)
 
 
 class ConsumerStatus(db.Model):

@@ -11,6 +11,7 @@ from pms_common.events import CREATED, DELETED, UPDATED
 
 from .models import SUMMARY_ROW_ID, ConsumerStatus, PatientState, ProcessedEvent, Registration, Summary
 
+FORGET_CHUNK = 5000
 EMPTY_SUMMARY = {"patients_created": 0, "patients_updated": 0, "patients_deleted": 0,
                  "active_patients": 0, "events_processed": 0, "last_event_at": None}
 
@@ -78,6 +79,15 @@ def apply_events(connection, events, now=None):
     _add_to_summary(connection, totals, len(new_events), max(event.occurred_at for event in new_events))
     _add_to_registrations(connection, {month: delta for month, delta in month_deltas.items() if delta})
     return len(new_events)
+
+
+def forget_processed_events(connection, before, limit=FORGET_CHUNK):
+    """Deletes up to `limit` ids of events processed before `before` (a chunk,
+    so no transaction holds many rows); returns how many. An id only needs to
+    outlive any redelivery of its event."""
+    table = ProcessedEvent.__table__
+    oldest = sa.select(table.c.event_id).where(table.c.processed_at < before).limit(limit)
+    return connection.execute(sa.delete(table).where(table.c.event_id.in_(oldest.scalar_subquery()))).rowcount
 
 
 def _write_patient_states(connection, states, stored):

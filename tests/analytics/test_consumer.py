@@ -135,3 +135,27 @@ def test_the_consumer_waits_for_a_broker_that_is_down_at_start(app_factory, tmp_
         own_broker.start()
         produce(own_broker.bootstrap, config.PATIENT_TOPIC, [patient_event(patient_id=str(uuid.uuid4()))])
         wait_for(lambda: summary(app.test_client())["eventsProcessed"] == 1, 30, message="counted")
+
+
+def test_the_running_consumer_forgets_ids_older_than_its_dedup_window(sqlite_consumer_setup, broker):
+    from datetime import timedelta
+
+    from analytics.models import ProcessedEvent
+    from analytics.store import utc_now
+    app, config = sqlite_consumer_setup
+    config.DEDUP_HOURS = 24.0
+    now = utc_now()
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(sa.insert(ProcessedEvent), [
+            {"event_id": f"old-{i}", "processed_at": now - timedelta(hours=25)} for i in range(3)]
+            + [{"event_id": "within-the-window", "processed_at": now - timedelta(hours=23)}])
+    event = patient_event(CREATED)
+    produce(broker.bootstrap, config.PATIENT_TOPIC, [event])
+    client = app.test_client()
+    with running_consumer(app, config):
+        wait_for(lambda: summary(client)["eventsProcessed"] == 1, 30, message="the event counted")
+
+        def kept():
+            with app.app_context(), db.engine.connect() as connection:
+                return set(connection.scalars(sa.select(ProcessedEvent.event_id)))
+        wait_for(lambda: kept() == {"within-the-window", event.event_id}, 10, message="old ids forgotten")

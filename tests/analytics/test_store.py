@@ -134,3 +134,24 @@ def test_batches_of_every_size_make_a_handful_of_distinct_statements(app):
     lookups = {statement for statement in statements if " IN (" in statement}
     assert 0 < len(lookups) <= 2 * 7  # two lookups, IN lists of 1, 2, 4, ... 64
     assert figures(app)[0]["patients_created"] == sum(range(1, 41))
+
+
+def test_ids_of_old_events_are_forgotten_in_chunks_and_recent_ones_still_stop_redeliveries(app):
+    from datetime import timedelta
+    old, recent = patient_event(CREATED), patient_event(CREATED)
+    now = store.utc_now()
+    with app.app_context(), db.engine.begin() as connection:
+        store.apply_events(connection, [decode(old.SerializeToString())], now=now - timedelta(days=9))
+        store.apply_events(connection, [decode(recent.SerializeToString())], now=now - timedelta(hours=1))
+        connection.execute(sa.insert(ProcessedEvent), [
+            {"event_id": str(uuid.uuid4()), "processed_at": now - timedelta(days=10)} for _ in range(4)])
+    with app.app_context(), db.engine.begin() as connection:
+        cutoff = now - timedelta(days=8)
+        assert store.forget_processed_events(connection, cutoff, limit=3) == 3
+        assert store.forget_processed_events(connection, cutoff, limit=3) == 2
+        assert store.forget_processed_events(connection, cutoff, limit=3) == 0
+        kept = connection.scalars(sa.select(ProcessedEvent.event_id)).all()
+    assert kept == [recent.event_id]
+    # The recent event's redelivery still changes nothing.
+    assert apply(app, recent) == 0
+    assert figures(app)[0]["events_processed"] == 2
