@@ -57,8 +57,9 @@ _INSERT_PATIENT_WITH_EVENT = (
 def insert_with_event(engine, patient_row, event_row):
     """Writes a new patient and its event atomically. On PostgreSQL that is
     one statement in autocommit: one round trip, not four (BEGIN, two
-    INSERTs, COMMIT), which was a sixth of a create's CPU. SQLite, in
-    process, has no round trips to save and no INSERT in a WITH clause."""
+    INSERTs, COMMIT); measured one client at a time, a create then cost the
+    database a fifth less CPU and this service about a seventh less. SQLite,
+    in process, has no round trips to save and no INSERT in a WITH clause."""
     if engine.dialect.name == "postgresql":
         params = {**{"patient_" + key: value for key, value in patient_row.items()},
                   **{"event_" + key: event_row[key] for key in _EVENT_COLUMNS}}
