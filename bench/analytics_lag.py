@@ -6,9 +6,16 @@ on a fresh store (SQLite unless --database-url is given), sends PatientEvents at
 the transaction that counts it) against the time it was handed to the producer.
 Then sends --burst events at once and times until all are counted.
 
+With --memory N it measures the consumer's memory instead: its RSS after
+2×N events at --rate, after --burst events at once (large batches), and
+after 2×N more at --rate. Flat after the burst: the burst raised a
+high-water mark, nothing leaks.
+
     .venv/bin/python bench/analytics_lag.py [--rate 100 --seconds 10 --burst 20000]
+    .venv/bin/python bench/analytics_lag.py --memory 5000 --rate 200 --database-url postgresql://...
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -63,20 +70,15 @@ def percentile(sorted_values, fraction):
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rate", type=float, default=100.0, help="events per second in the lag phase")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the lag phase")
-    parser.add_argument("--burst", type=int, default=20000, help="events sent at once in the throughput phase")
-    parser.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
-    parser.add_argument("--database-url", help="an existing empty database (default: a fresh SQLite file)")
-    args = parser.parse_args()
-
+@contextlib.contextmanager
+def consumer_on_fresh_topic(bootstrap=None, database_url=None):
+    """A broker (Tansu unless `bootstrap` is given) and `python -m analytics.consumer`
+    on fresh topics and a fresh store (SQLite unless `database_url` is given).
+    Yields (bootstrap, topic, consumer process, the store's engine)."""
     workdir = Path(tempfile.mkdtemp(prefix="analytics-bench-"))
-    database_url = normalize_database_url(args.database_url or f"sqlite:///{workdir / 'analytics.db'}")
+    database_url = normalize_database_url(database_url or f"sqlite:///{workdir / 'analytics.db'}")
     children = []
     try:
-        bootstrap = args.bootstrap
         if not bootstrap:
             port = free_port()
             bootstrap = f"127.0.0.1:{port}"
@@ -94,31 +96,76 @@ def main():
                                     stdout=consumer_log, stderr=subprocess.STDOUT)
         children.append(consumer)
         engine = sa.create_engine(database_url)
+        yield bootstrap, topic, consumer, engine
+        consumer.send_signal(signal.SIGTERM)
+        consumer.wait(20)
+        engine.dispose()
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.kill()
+                child.wait()
 
-        def counted():
-            with engine.connect() as connection:
-                return connection.execute(sa.text("SELECT events_processed FROM analytics_summary")).scalar()
 
+def counted(engine):
+    """events_processed of the consumer's store."""
+    with engine.connect() as connection:
+        return connection.execute(sa.text("SELECT events_processed FROM analytics_summary")).scalar()
+
+
+def send(producer, topic, count, rate=None, on_send=None):
+    """Produces `count` events, at `rate` per second or all at once."""
+    start = time.monotonic()
+    for i in range(count):
+        if rate:
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        message = event()
+        if on_send:
+            on_send(message)
+        while True:
+            try:
+                producer.produce(topic, key=message.patientId, value=message.SerializeToString())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(30)
+
+
+def memory(bootstrap, database_url, rate, steady, burst):
+    """The consumer's RSS after steady events, after a burst (large batches),
+    and after as many steady events again: flat afterwards means the burst
+    only raised a high-water mark."""
+    with consumer_on_fresh_topic(bootstrap, database_url) as (bootstrap, topic, consumer, engine):
+        producer = Producer(producer_config(bootstrap))
+        wait_until(lambda: counted(engine) == 0, 60, "the consumer's store")
+        total, report = 0, []
+        for phase, count, phase_rate in (("steady", steady, rate), ("steady", steady, rate),
+                                         ("burst", burst, None), ("steady", steady, rate),
+                                         ("steady", steady, rate)):
+            send(producer, topic, count, phase_rate)
+            total += count
+            wait_until(lambda: counted(engine) == total, 300, f"{total} events counted")
+            with open(f"/proc/{consumer.pid}/status") as status:
+                rss_mib = int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+            report.append({"phase": phase, "events": total, "consumer_rss_mib": round(rss_mib, 2)})
+        return report
+
+
+def lag(bootstrap, database_url, rate, seconds, burst):
+    """Produce → counted lag at a steady rate, then a burst's throughput."""
+    with consumer_on_fresh_topic(bootstrap, database_url) as (bootstrap, topic, _consumer, engine):
         producer = Producer(producer_config(bootstrap))
         probe = event()
         producer.produce(topic, key=probe.patientId, value=probe.SerializeToString())
         producer.flush(10)
-        wait_until(lambda: counted() == 1, 60, "the consumer to count a first event")
+        wait_until(lambda: counted(engine) == 1, 60, "the consumer to count a first event")
 
         # Lag phase: a steady stream, each event's send time kept by its id.
         sent_at = {}
-        interval, total = 1.0 / args.rate, int(args.rate * args.seconds)
-        start = time.monotonic()
-        for i in range(total):
-            delay = start + i * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            message = event()
-            sent_at[message.event_id] = time.time()
-            producer.produce(topic, key=message.patientId, value=message.SerializeToString())
-            producer.poll(0)
-        producer.flush(10)
-        wait_until(lambda: counted() == total + 1, 60, "the stream to be counted")
+        total = int(rate * seconds)
+        send(producer, topic, total, rate, on_send=lambda message: sent_at.__setitem__(message.event_id, time.time()))
+        wait_until(lambda: counted(engine) == total + 1, 60, "the stream to be counted")
         with engine.connect() as connection:
             rows = connection.execute(sa.text("SELECT event_id, processed_at FROM analytics_processed_events"))
             processed_at = {event_id: _epoch(value) for event_id, value in rows}
@@ -126,37 +173,37 @@ def main():
 
         # Throughput phase: a backlog sent at once.
         burst_started = time.monotonic()
-        for _ in range(args.burst):
-            message = event()
-            while True:
-                try:
-                    producer.produce(topic, key=message.patientId, value=message.SerializeToString())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-        producer.flush(30)
+        send(producer, topic, burst)
         produced_in = time.monotonic() - burst_started
-        wait_until(lambda: counted() == total + 1 + args.burst, 300, "the burst to be counted")
+        wait_until(lambda: counted(engine) == total + 1 + burst, 300, "the burst to be counted")
         burst_seconds = time.monotonic() - burst_started
+    return {
+        "database": engine.dialect.name,
+        "lag_phase": {"rate_per_s": rate, "events": total,
+                      "p50_ms": round(percentile(lags_ms, 0.50), 1),
+                      "p99_ms": round(percentile(lags_ms, 0.99), 1),
+                      "max_ms": round(lags_ms[-1], 1)},
+        "burst_phase": {"events": burst, "produced_in_s": round(produced_in, 2),
+                        "counted_in_s": round(burst_seconds, 2),
+                        "events_per_s": round(burst / burst_seconds)},
+    }
 
-        consumer.send_signal(signal.SIGTERM)
-        consumer.wait(20)
-        print(json.dumps({
-            "database": database_url.split(":", 1)[0],
-            "lag_phase": {"rate_per_s": args.rate, "events": total,
-                          "p50_ms": round(percentile(lags_ms, 0.50), 1),
-                          "p99_ms": round(percentile(lags_ms, 0.99), 1),
-                          "max_ms": round(lags_ms[-1], 1)},
-            "burst_phase": {"events": args.burst, "produced_in_s": round(produced_in, 2),
-                            "counted_in_s": round(burst_seconds, 2),
-                            "events_per_s": round(args.burst / burst_seconds)},
-        }, indent=2))
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0, help="events per second in the steady phases")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the lag phase")
+    parser.add_argument("--burst", type=int, default=20000, help="events sent at once")
+    parser.add_argument("--memory", type=int, metavar="N",
+                        help="instead of lag: the consumer's RSS after 2×N steady events, the burst, 2×N more")
+    parser.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
+    parser.add_argument("--database-url", help="an existing empty database (default: a fresh SQLite file)")
+    args = parser.parse_args()
+    if args.memory:
+        result = memory(args.bootstrap, args.database_url, args.rate, args.memory, args.burst)
+    else:
+        result = lag(args.bootstrap, args.database_url, args.rate, args.seconds, args.burst)
+    print(json.dumps(result, indent=2))
 
 
 def _epoch(value):
