@@ -1,0 +1,94 @@
+"""CPU per create, one client at a time: for comparing two versions of the create path.
+
+    .venv/bin/python -m bench.create_cost [--creates 3000]
+
+The patient app runs in this process (Flask's test client, no gunicorn, no
+gateway) against a fresh PostgreSQL database, with a real billing server as a
+subprocess on the same database. It prints the CPU per create of this process,
+of billing and of PostgreSQL's processes, and the wall time. With no
+concurrency there is less noise than under wrk, but the machine is shared:
+run the two versions in turn, a few times each, in both orders.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import psutil
+
+from stack.parts import grpc_serving
+
+from .__main__ import bench_database, drop_database, postgres_admin_url
+from .analytics_lag import free_port, wait_until
+
+WARM_UP_CREATES = 300
+
+
+def cpu_seconds(processes):
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def postgres_processes():
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+
+def new_patient():
+    return {"name": "Ann Example", "email": f"{uuid.uuid4().hex}@example.com", "address": "1 Main St",
+            "dateOfBirth": "1990-01-01", "registeredDate": "2024-01-01"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--creates", type=int, default=3000)
+    args = parser.parse_args(argv)
+    admin_url = postgres_admin_url()
+    db_name, db_url = bench_database(admin_url)
+    data_dir = tempfile.mkdtemp(prefix="pms-create-cost-")
+    billing_port = free_port()
+    settings = {"DATABASE_URL": db_url, "BILLING_PORT": str(billing_port), "EVENTS_ENABLED": "false",
+                "LOG_LEVEL": "WARNING", "PMS_DATA_DIR": data_dir}
+    billing = subprocess.Popen([sys.executable, "-m", "billing"], env={**os.environ, **settings})
+    try:
+        os.environ.update(settings)
+        from flask_migrate import upgrade
+
+        from patient import MIGRATIONS_DIR, create_app
+        app = create_app()
+        with app.app_context():
+            upgrade(directory=MIGRATIONS_DIR)
+        wait_until(lambda: grpc_serving(billing_port), 30, "the billing server")
+        client = app.test_client()
+        for _ in range(WARM_UP_CREATES):
+            assert client.post("/patients", json=new_patient()).status_code == 201
+        bodies = [new_patient() for _ in range(args.creates)]
+        parts = {"patient": [psutil.Process()], "billing": [psutil.Process(billing.pid)],
+                 "postgres": postgres_processes()}
+        before = {name: cpu_seconds(processes) for name, processes in parts.items()}
+        started = time.perf_counter()
+        for body in bodies:
+            assert client.post("/patients", json=body).status_code == 201
+        wall = time.perf_counter() - started
+        # Backends that came and went meanwhile are not counted; the pools keep theirs.
+        cost = {name: round(1000 * (cpu_seconds(processes) - before[name]) / args.creates, 3)
+                for name, processes in parts.items()}
+        print(json.dumps({"creates": args.creates, "cpu_ms_per_create": cost,
+                          "wall_ms_per_create": round(1000 * wall / args.creates, 3)}))
+    finally:
+        billing.terminate()
+        billing.wait(20)
+        drop_database(admin_url, db_name)
+
+
+if __name__ == "__main__":
+    main()
