@@ -1,8 +1,8 @@
 """Database setup shared by every service: engine options that make SQLite
 safe for several processes, a liveness check for idle pooled connections,
 and one readiness probe."""
+import functools
 import time
-import weakref
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -63,15 +63,13 @@ def padded_for_in(values):
     return values
 
 
-_autocommit_engines = weakref.WeakKeyDictionary()
-
-
+# Kept, as making one costs a create about 2 % of its CPU; a service has an
+# engine or two, the bound only matters to tests, which make many.
+@functools.lru_cache(maxsize=8)
 def autocommit(engine):
     """The engine for work that is one statement, atomic by itself: without
     BEGIN and COMMIT around it, it is one round trip instead of three."""
-    if engine not in _autocommit_engines:
-        _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return _autocommit_engines[engine]
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def engine_options(url):
