@@ -24,23 +24,9 @@ from stack.parts import grpc_serving
 
 from .__main__ import bench_database, drop_database, postgres_admin_url
 from .analytics_lag import free_port, wait_until
+from .figures import cpu_seconds, postgres_processes
 
 WARM_UP_CREATES = 300
-
-
-def cpu_seconds(processes):
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def postgres_processes():
-    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
 
 
 def new_patient():

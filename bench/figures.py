@@ -67,22 +67,29 @@ def processes_by_part(running):
         if part["pid"]:
             process = psutil.Process(part["pid"])
             parts[part["name"]] = [process, *process.children(recursive=True)]
-    parts["postgres"] = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+    parts["postgres"] = postgres_processes()
     return parts
 
 
+def postgres_processes():
+    """The PostgreSQL server's processes on this machine (its backends included)."""
+    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+
+
+def cpu_seconds(processes):
+    """User + system CPU seconds of the processes (one that has exited counts 0)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def cpu_seconds_by_part(running):
-    seconds = {}
-    for name, processes in processes_by_part(running).items():
-        total = 0.0
-        for process in processes:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        seconds[name] = total
-    return seconds
+    return {name: cpu_seconds(processes) for name, processes in processes_by_part(running).items()}
 
 
 def with_cpu_cost(running, load):
