@@ -28,6 +28,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import sqlalchemy as sa
 from confluent_kafka import Producer
 
@@ -146,8 +147,7 @@ def memory(bootstrap, database_url, rate, steady, burst):
             send(producer, topic, count, phase_rate)
             total += count
             wait_until(lambda: counted(engine) == total, 300, f"{total} events counted")
-            with open(f"/proc/{consumer.pid}/status") as status:
-                rss_mib = int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+            rss_mib = psutil.Process(consumer.pid).memory_info().rss / 2**20
             report.append({"phase": phase, "events": total, "consumer_rss_mib": round(rss_mib, 2)})
         return report
 
