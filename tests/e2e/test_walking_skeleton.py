@@ -45,7 +45,8 @@ def test_the_seeded_patients_and_user_are_there(system):
     for patient_id, name in (("123e4567-e89b-12d3-a456-426614174000", "John Doe"),
                              ("223e4567-e89b-12d3-a456-426614174014", "Isabella Walker")):
         response = api.get(f"{system.url}/api/patients/{patient_id}", timeout=5)
-        assert response.status_code == 200 and response.json()["name"] == name
+        assert response.status_code == 200, (patient_id, response.text)
+        assert response.json()["name"] == name
     # Seeded patients get their billing accounts through the worker's retry.
     wait_for(lambda: api.get(f"{system.url}/api/billing/accounts/123e4567-e89b-12d3-a456-426614174000",
                              timeout=5).status_code == 200, timeout=20, message="seed billing account")
