@@ -9,11 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
+import requests
 
 from tests.e2e.conftest import supervisorctl
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
+BROKEN = 599  # a response cut short, counted with the 5xx
 
 
 def new_patient(tag):
@@ -82,14 +84,19 @@ def test_parts_killed_under_load_are_restarted_and_errors_stay_under_one_percent
         index = 0
         while not stop.is_set():
             index += 1
-            if index % 4 == 0:
-                response = api.post(f"{system.url}/api/patients", json=new_patient(f"{tag}-{worker}-{index}"),
-                                    timeout=20)
-                if response.status_code == 201:
-                    created.append(response.json()["id"])
-            else:
-                response = api.get(f"{system.url}/api/patients", params={"page_size": 5}, timeout=20)
-            outcomes.append(response.status_code)
+            try:
+                if index % 4 == 0:
+                    response = api.post(f"{system.url}/api/patients", timeout=20,
+                                        json=new_patient(f"{tag}-{worker}-{index}"))
+                    if response.status_code == 201:
+                        created.append(response.json()["id"])
+                else:
+                    response = api.get(f"{system.url}/api/patients", params={"page_size": 5}, timeout=20)
+                outcomes.append(response.status_code)
+            except requests.RequestException:
+                # A worker killed after it sent the headers: the gateway can only
+                # cut the body short. An error for the count, and the load goes on.
+                outcomes.append(BROKEN)
 
     billing_pid, consumer_pid = part_pid(system, "billing"), part_pid(system, "analytics-consumer")
     patient_workers = psutil.Process(part_pid(system, "patient")).children()
@@ -105,7 +112,7 @@ def test_parts_killed_under_load_are_restarted_and_errors_stay_under_one_percent
     for thread in threads:
         thread.join()
 
-    errors = [status for status in outcomes if status >= 500]
+    errors = [status for status in outcomes if status == BROKEN or status >= 500]
     assert len(outcomes) > 100
     assert len(errors) / len(outcomes) < 0.01, f"{len(errors)} errors in {len(outcomes)} requests"
     wait_for(lambda: part_pid(system, "billing") not in (0, billing_pid), timeout=30,
