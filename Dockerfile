@@ -56,7 +56,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PMS_ENV=production \
     BIND_HOST=0.0.0.0 \
-    PMS_DATA_DIR=/app/data
+    PMS_DATA_DIR=/app/data \
+    GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener
 
 WORKDIR /app
 USER 10001:10001

@@ -22,7 +22,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from gateway.render import render
 
-from .parts import ROOT, build_parts, port_settings
+from .parts import GRPC_EXPERIMENTS, ROOT, build_parts, port_settings
 
 READY_TIMEOUT_SECONDS = float(os.environ.get("PMS_READY_TIMEOUT", "180"))
 LAST_LINES = 15
@@ -149,6 +149,7 @@ class Stack:
         env["PMS_DATA_DIR"] = str(self.data_dir)
         env.setdefault("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{self.ports['BROKER_PORT']}")
         env.setdefault("PMS_ENV", "dev")
+        env.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
         envoy_config = render(self.run_dir / "envoy" / "envoy.yaml", env)
         self.parts = build_parts(self.ports, envoy_config)
         conf = self.run_dir / "supervisord.conf"

@@ -967,6 +967,11 @@ def test_dockerfile_is_multi_stage_with_a_slim_non_root_final_stage():
                    for keyword, rest in final["instructions"]), "the final stage copies only the built venv"
 
 
+def test_image_tunes_grpc_as_make_run_does():
+    from stack.parts import GRPC_EXPERIMENTS
+    assert image_environment().get("GRPC_EXPERIMENTS") == GRPC_EXPERIMENTS
+
+
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint", path=str(VENV_BIN)) or shutil.which("hadolint")
     if hadolint is None:
