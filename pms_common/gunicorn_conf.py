@@ -10,7 +10,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
 # gunicorn's own C parser (gunicorn-h1c) instead of its Python one, which took
-# a twentieth of a create's CPU; "fast" fails at start rather than fall back.
+# a twentieth of the patient service's CPU per create; "fast" fails at start
+# rather than fall back.
 http_parser = "fast"
 limit_request_line = 8190  # the most gunicorn allows; the gateway caps headers at 8 KiB
 keepalive = 75  # longer than Envoy's idle timeout, so Envoy closes idle connections first

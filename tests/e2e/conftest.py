@@ -10,11 +10,16 @@ from stack.running import RunningSystem
 TEST_SETTINGS = {"LOGIN_WINDOW_SECONDS": "3", "AUTHZ_CACHE_SECONDS": "1"}
 
 
-@pytest.fixture(scope="session")
-def system(tmp_path_factory):
-    running = RunningSystem(tmp_path_factory.mktemp("system"), TEST_SETTINGS).start()
+def started_system(tmp_path_factory, name):
+    """A fixture's body: a whole system of its own, stopped afterwards."""
+    running = RunningSystem(tmp_path_factory.mktemp(name), TEST_SETTINGS).start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory):
+    yield from started_system(tmp_path_factory, "system")
 
 
 def supervisorctl(system, *args):

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.running import RunningSystem
-from tests.e2e.conftest import TEST_SETTINGS
+from tests.e2e.conftest import started_system
 
 pytestmark = pytest.mark.e2e
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
@@ -22,9 +21,7 @@ EXCLUDED = {"auth": ["--exclude-path", "/logout"]}
 
 @pytest.fixture(scope="module")
 def fuzzed_system(tmp_path_factory):
-    running = RunningSystem(tmp_path_factory.mktemp("fuzzed"), TEST_SETTINGS).start()
-    yield running
-    running.stop()
+    yield from started_system(tmp_path_factory, "fuzzed")
 
 
 @pytest.mark.parametrize("service", ["patients", "auth", "analytics", "billing"])
