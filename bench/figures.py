@@ -1,4 +1,5 @@
 """The measurements behind `make bench`; each returns (value, detail)."""
+import os
 import re
 import statistics
 import subprocess
@@ -88,20 +89,39 @@ def cpu_seconds(processes):
     return total
 
 
-def cpu_seconds_by_part(running):
-    return {name: cpu_seconds(processes) for name, processes in processes_by_part(running).items()}
+def context_switches(processes):
+    """Context switches (voluntary and not) of every thread of the processes."""
+    total = 0
+    for process in processes:
+        try:
+            for thread_id in os.listdir(f"/proc/{process.pid}/task"):
+                with open(f"/proc/{process.pid}/task/{thread_id}/status") as status:
+                    total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the process or a thread has exited
+    return total
+
+
+def usage_by_part(running):
+    """{part: (CPU seconds, context switches)}, read from its processes now."""
+    return {name: (cpu_seconds(processes), context_switches(processes))
+            for name, processes in processes_by_part(running).items()}
 
 
 def with_cpu_cost(running, load):
     """Runs load() (a wrk result) and adds the CPU each part spent per request,
-    in ms: where the time goes, which a noisy shared machine does not blur."""
-    before = cpu_seconds_by_part(running)
+    in ms, and its context switches per request: where the time goes, which a
+    noisy shared machine does not blur."""
+    before = usage_by_part(running)
     result = load()
-    after = cpu_seconds_by_part(running)
+    after = usage_by_part(running)  # again: PostgreSQL backends come and go
     requests_done = result["rps"] * result["seconds"]
+    before = {name: before.get(name, (0.0, 0)) for name in after}
+    busy = [name for name in after if after[name][0] - before[name][0] > 0.00001 * requests_done]
     result["cpu_ms_per_request"] = {
-        name: round((after[name] - before.get(name, 0.0)) * 1000 / requests_done, 3)
-        for name in after if after[name] - before.get(name, 0.0) > 0.00001 * requests_done}
+        name: round((after[name][0] - before[name][0]) * 1000 / requests_done, 3) for name in busy}
+    result["switches_per_request"] = {
+        name: round((after[name][1] - before[name][1]) / requests_done, 1) for name in busy}
     return result
 
 
@@ -168,7 +188,8 @@ def p2_create(running, database_url, seconds, connections):
                    "errors": gateway["errors"], "raw_inserts_per_s": raw,
                    "direct_creates_per_s": direct["rps"], "direct_p99_ms": direct["p99_ms"],
                    "gateway_list_reads_per_s": reads["rps"], "connections": connections,
-                   "cpu_ms_per_create": gateway["cpu_ms_per_request"]}
+                   "cpu_ms_per_create": gateway["cpu_ms_per_request"],
+                   "switches_per_create": gateway["switches_per_request"]}
 
 
 def p3_event_lag(running, rate, seconds):

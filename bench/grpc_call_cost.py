@@ -22,23 +22,15 @@ import psutil
 from stack.parts import GRPC_EXPERIMENTS, grpc_serving
 
 from .analytics_lag import free_port, wait_until
+from .figures import context_switches, cpu_seconds
 
 SETTINGS = {"ours": GRPC_EXPERIMENTS, "grpc defaults": ""}
 WARM_UP_CALLS = 200
 
 
-def context_switches(pid):
-    """Voluntary and involuntary switches of every thread of the process."""
-    total = 0
-    for thread_id in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{thread_id}/status") as status:
-            total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
-    return total
-
-
 def usage(pid):
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system, context_switches(pid)
+    process = [psutil.Process(pid)]
+    return cpu_seconds(process), context_switches(process)
 
 
 def serve(port):
