@@ -39,24 +39,12 @@ from pms_common.config import normalize_database_url  # noqa: E402
 from pms_common.events import CREATED, PatientEvent  # noqa: E402
 from pms_common.kafka import producer_config  # noqa: E402
 from stack.parts import tansu_command  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from stack.running import free_port, wait_for  # noqa: E402
 
 
 def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:  # not up yet
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
+    """Polls often: the moment a count is reached is part of the figures."""
+    wait_for(predicate, timeout=timeout, interval=0.02, message=what)
 
 
 def event(registered_date="2024-01-15"):

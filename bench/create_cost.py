@@ -21,9 +21,9 @@ import uuid
 import psutil
 
 from stack.parts import grpc_serving
+from stack.running import free_port, wait_for
 
 from .__main__ import bench_database, drop_database, postgres_admin_url
-from .analytics_lag import free_port, wait_until
 from .figures import cpu_seconds, postgres_processes
 
 WARM_UP_CREATES = 300
@@ -53,7 +53,7 @@ def main(argv=None):
         app = create_app()
         with app.app_context():
             upgrade(directory=MIGRATIONS_DIR)
-        wait_until(lambda: grpc_serving(billing_port), 30, "the billing server")
+        wait_for(lambda: grpc_serving(billing_port), timeout=30, message="the billing server")
         client = app.test_client()
         for _ in range(WARM_UP_CREATES):
             assert client.post("/patients", json=new_patient()).status_code == 201

@@ -20,8 +20,8 @@ import time
 import psutil
 
 from stack.parts import GRPC_EXPERIMENTS, grpc_serving
+from stack.running import free_port, wait_for
 
-from .analytics_lag import free_port, wait_until
 from .figures import context_switches, cpu_seconds
 
 SETTINGS = {"ours": GRPC_EXPERIMENTS, "grpc defaults": ""}
@@ -52,7 +52,7 @@ def call(port, calls, threads):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     server = subprocess.Popen([sys.executable, "-m", "bench.grpc_call_cost", "--serve", str(port)])
     try:
-        wait_until(lambda: grpc_serving(port), 20, "the gRPC server")
+        wait_for(lambda: grpc_serving(port), timeout=20, message="the gRPC server")
         stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         request = health_pb2.HealthCheckRequest()
         for _ in range(WARM_UP_CALLS):

@@ -41,8 +41,8 @@ def caught_up(db_url):
                     "SELECT count(*) FROM patients WHERE billing_status <> 'ACTIVE'")).scalar()
                 counted = connection.execute(sa.text("SELECT active_patients FROM analytics_summary")).scalar()
             waited = time.monotonic() - started
-            if (counted == patients and not pending) or waited > CATCH_UP_SECONDS:
-                done = counted == patients and not pending
+            done = counted == patients and not pending
+            if done or waited > CATCH_UP_SECONDS:
                 return {"patients": patients, "analytics_counted": counted, "billing_pending": pending,
                         "caught_up_after_s": round(waited, 1) if done else None}
             time.sleep(0.5)
