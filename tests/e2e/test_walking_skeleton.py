@@ -7,6 +7,8 @@ import psutil
 import pytest
 import requests
 
+from stack.parts import GRPC_EXPERIMENTS
+from tests.e2e.conftest import supervisorctl
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +77,9 @@ def test_a_killed_part_is_restarted_and_reported(system):
     wait_for(restarted, timeout=30, message="the consumer to be restarted")
     wait_for(lambda: any("analytics-consumer died" in line for line in system.output), timeout=10,
              message="the launcher to report the dead part")
+
+
+def test_the_grpc_parts_run_with_the_tuned_grpc_settings(system):
+    for part in ("patient", "patient-worker", "billing", "ext-authz"):
+        pid = int(supervisorctl(system, "pid", part).strip())
+        assert psutil.Process(pid).environ().get("GRPC_EXPERIMENTS") == GRPC_EXPERIMENTS, part
