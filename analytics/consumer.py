@@ -19,6 +19,7 @@ from datetime import timedelta
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from pms_common.config import ConfigError
+from pms_common.heap import freeze_start_up_objects
 from pms_common.kafka import consumer_config, ensure_topics, producer_config
 from pms_common.logs import configure_logging
 from pms_common.serve import migrate_and_seed
@@ -276,6 +277,7 @@ def main():
     config.ensure_data_dir()
     app = create_app(config)
     migrate_and_seed(app, MIGRATIONS_DIR)
+    freeze_start_up_objects()
     stop_event = threading.Event()
 
     def request_stop(signum, _frame):

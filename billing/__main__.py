@@ -4,6 +4,7 @@ import sys
 
 from pms_common.config import ConfigError
 from pms_common.grpc_server import serve_until_signalled
+from pms_common.heap import freeze_start_up_objects
 from pms_common.logs import configure_logging
 
 from . import SERVICE_NAMES, create_server, set_ready
@@ -29,6 +30,7 @@ def main():
         server, _port, health = create_server(config, address, store=store)
         server.start()
         set_ready(health, store)
+        freeze_start_up_objects()
         log.info("serving", extra={"address": address, "events": config.EVENTS_ENABLED})
         if config.EVENTS_ENABLED:
             consumer = PatientEventConsumer(store, config.KAFKA_BOOTSTRAP_SERVERS,

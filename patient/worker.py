@@ -4,6 +4,7 @@ import logging
 import signal
 import threading
 
+from pms_common.heap import freeze_start_up_objects
 from pms_common.logs import configure_logging
 
 from . import create_app
@@ -71,7 +72,9 @@ def main():
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    run(create_app(config), stop)
+    app = create_app(config)
+    freeze_start_up_objects()
+    run(app, stop)
 
 
 if __name__ == "__main__":

@@ -47,3 +47,8 @@ logconfig_dict = {
 def post_fork(server, worker):
     from pms_common.logs import configure_logging
     configure_logging(os.environ.get("PMS_SERVICE", "web"), os.environ.get("LOG_LEVEL", "INFO"))
+
+
+def post_worker_init(worker):
+    from pms_common.heap import freeze_start_up_objects
+    freeze_start_up_objects()

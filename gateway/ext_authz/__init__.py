@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pms_common.grpc_server import OVERALL
+from pms_common.heap import freeze_start_up_objects
 
 from .config import Config
 from .service import AuthorizationService, TokenValidator
@@ -75,6 +76,7 @@ async def serve(config):
     server, port, health_servicer, _ = await create_server(config)
     await server.start()
     log.info("serving", extra={"port": port})
+    freeze_start_up_objects()
     watcher = asyncio.create_task(watch_auth(config, health_servicer))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

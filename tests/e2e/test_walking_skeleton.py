@@ -83,3 +83,16 @@ def test_the_grpc_parts_run_with_the_tuned_grpc_settings(system):
     for part in ("patient", "patient-worker", "billing", "ext-authz"):
         pid = int(supervisorctl(system, "pid", part).strip())
         assert psutil.Process(pid).environ().get("GRPC_EXPERIMENTS") == GRPC_EXPERIMENTS, part
+
+
+def test_every_python_process_freezes_its_start_up_objects(system):
+    # Without gc.freeze() a full collection walks every start-up object with the
+    # GIL held (pms_common/heap.py). gunicorn parts: once per worker.
+    workers = int(system.env.get("WEB_CONCURRENCY", "2"))
+    expected = {"patient": workers, "auth": workers, "analytics": workers, "billing": 1,
+                "patient-worker": 1, "analytics-consumer": 1, "ext-authz": 1}
+    for part, processes in expected.items():
+        frozen = [json.loads(line.split(" | ", 1)[1]) for line in system.log_lines(part)
+                  if '"start-up objects frozen"' in line]
+        assert len(frozen) >= processes, (part, frozen)
+        assert all(entry["objects"] > 10_000 for entry in frozen), (part, frozen)
