@@ -29,8 +29,18 @@ LAST_LINES = 15
 DEAD_STATES = {"EXITED", "BACKOFF", "FATAL"}
 
 
+def show(line):
+    """Prints a line of the launcher's output. When its reader is gone (a test
+    run or a benchmark killed outright) the rest goes nowhere: stopping the
+    parts must not fail on a broken pipe."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def say(message):
-    print(f"{'make run':<18} | {message}", flush=True)
+    show(f"{'make run':<18} | {message}")
 
 
 def busy_ports(ports):
@@ -122,7 +132,7 @@ class LogTail(threading.Thread):
                 partial[name] = lines.pop()
                 for line in lines:
                     self.last[name].append(line)
-                    print(f"{name:<{max(width, 18)}} | {line}", flush=True)
+                    show(f"{name:<{max(width, 18)}} | {line}")
             self.stop.wait(0.1)
 
 
@@ -163,7 +173,8 @@ class Stack:
     def start(self, conf):
         self.supervisord = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-            cwd=ROOT, preexec_fn=die_with_parent)
+            # Its log is supervisord.log; a copy on our stdout could only break it.
+            stdout=subprocess.DEVNULL, cwd=ROOT, preexec_fn=die_with_parent)
 
     def wait_until_ready(self, tail):
         started = time.monotonic()
@@ -207,7 +218,7 @@ class Stack:
     def report_dead(self, name, tail, why):
         say(f"{name} {why}; its last log lines:")
         for line in tail.last.get(name, []):
-            print(f"    {line}", flush=True)
+            show(f"    {line}")
 
     def watch(self, tail):
         """After start-up: report every part that dies (supervisord restarts it)."""

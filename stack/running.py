@@ -11,6 +11,7 @@ import time
 import requests
 
 from .parts import PORTS, ROOT
+from .run import die_with_parent
 
 DEV_LOGIN = {"email": "testuser@test.com", "password": "password123"}
 DATABASE_VARIABLES = ("DATABASE_URL", "PATIENT_DATABASE_URL", "AUTH_DATABASE_URL",
@@ -59,7 +60,9 @@ class RunningSystem:
     def start(self, timeout=240, command=None):
         self.process = subprocess.Popen(command or [self.python, "-m", "stack"], cwd=self.cwd,
                                         env=self.env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                        # A test run or a benchmark that is killed takes the system with it.
+                                        preexec_fn=die_with_parent)
         ready = threading.Event()
 
         def read():

@@ -39,3 +39,29 @@ def test_sigterm_stops_every_part(tmp_path):
     assert system.process.wait(60) == 0
     gone, alive = psutil.wait_procs(parts, timeout=10)
     assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+
+
+HARNESS = """
+import sys, time
+from pathlib import Path
+from stack.running import RunningSystem
+system = RunningSystem(Path(sys.argv[1])).start()
+print(system.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_harness_takes_its_system_with_it(tmp_path):
+    # A benchmark or a test run killed outright (a CI timeout) runs no cleanup:
+    # the system it started must not outlive it, holding ports and memory.
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, str(tmp_path)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        launcher = psutil.Process(int(harness.stdout.readline()))
+        parts = [launcher, *launcher.children(recursive=True)]
+        assert any("supervisord" in " ".join(p.cmdline()) for p in parts)
+    finally:
+        harness.kill()
+        harness.wait()
+    gone, alive = psutil.wait_procs(parts, timeout=60)
+    assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
