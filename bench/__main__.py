@@ -11,18 +11,14 @@ wrk) and PostgreSQL (PMS_BENCH_POSTGRES_URL, default the local server).
 """
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
-import uuid
 from pathlib import Path
-
-import psycopg
 
 from stack.parts import ROOT
 
-from . import figures
+from . import figures, stack_floor
 
 RESULTS = ROOT / "bench" / "results.json"
 # Each figure's goal, and its check on (value, detail).
@@ -30,23 +26,6 @@ GOALS = {"P1": (">= 0.80", lambda v, d: v >= 0.80),
          "P2": (">= 0.30, p99 < 50 ms", lambda v, d: v >= 0.30 and d["p99_ms"] < 50),
          "P3": ("< 250 ms", lambda v, d: v < 250), "P4": ("<= 2.0", lambda v, d: v <= 2.0),
          "P5": ("< 180 s, warm < 15 s", lambda v, d: v < 180 and d["warm_s"] < 15)}
-
-
-def postgres_admin_url():
-    """The server the benchmarks make their databases on."""
-    return os.environ.get("PMS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def bench_database(admin_url):
-    name = f"pms_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(admin_url, name):
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def print_table(results):
@@ -65,11 +44,11 @@ def main(argv=None):
     wanted = set(args.only.split(","))
     if not shutil.which("wrk") and wanted & {"P1", "P2"}:
         sys.exit("bench needs wrk: apt-get install wrk")
-    admin_url = postgres_admin_url()
+    admin_url = figures.postgres_admin_url()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     work = Path(tempfile.mkdtemp(prefix="pms-bench-"))
     measured = {}
-    db_name, db_url = bench_database(admin_url)
+    db_name, db_url = figures.bench_database(admin_url)
     try:
         if wanted & {"P1", "P2", "P3"}:
             with figures.system(work / "system", db_url) as running:
@@ -79,12 +58,18 @@ def main(argv=None):
                     measured["P2"] = figures.p2_create(running, db_url, args.seconds, args.connections)
                 if "P3" in wanted:
                     measured["P3"] = figures.p3_event_lag(running, rate=100, seconds=args.seconds)
+            if "P2" in measured:  # with the system stopped: the floor of a create, for scale
+                hops, _echo_ms = stack_floor.floor_of_a_create(db_url, args.seconds, args.connections)
+                floor = round(sum(hops.values()), 3)
+                detail = measured["P2"][1]
+                detail["floor_cpu_ms_per_create"] = floor
+                detail["ceiling_ratio"] = stack_floor.ceiling_ratio(floor, detail["raw_inserts_per_s"])
         if "P4" in wanted:
             measured["P4"] = figures.p4_list_scaling(admin_url)
         if "P5" in wanted:
             measured["P5"] = figures.p5_start_time(work / "p5")
     finally:
-        drop_database(admin_url, db_name)
+        figures.drop_database(admin_url, db_name)
         shutil.rmtree(work, ignore_errors=True)
     for key, (value, detail) in measured.items():
         goal, check = GOALS[key]

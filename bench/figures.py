@@ -23,6 +23,23 @@ CREATE_SCRIPT = Path(__file__).with_name("create.lua")
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+def postgres_admin_url():
+    """The server the benchmarks make their databases on."""
+    return os.environ.get("PMS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def bench_database(admin_url):
+    name = f"pms_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(admin_url, name):
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @contextmanager
 def system(work_dir, database_url):
     running = RunningSystem(work_dir, {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}).start()

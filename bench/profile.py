@@ -20,7 +20,6 @@ from pathlib import Path
 from stack.parts import BIN, ROOT
 
 from . import figures
-from .__main__ import bench_database, drop_database, postgres_admin_url
 
 PROFILES = ROOT / "bench" / "profiles"
 # The Python parts; gunicorn's master only forks, so its workers are profiled.
@@ -53,8 +52,8 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
     PROFILES.mkdir(exist_ok=True)
-    admin_url = postgres_admin_url()
-    db_name, db_url = bench_database(admin_url)
+    admin_url = figures.postgres_admin_url()
+    db_name, db_url = figures.bench_database(admin_url)
     try:
         with figures.system(Path(tempfile.mkdtemp(prefix="pms-profile-")), db_url) as running:
             token = running.token()
@@ -85,7 +84,7 @@ def main(argv=None):
             for spy in spies.values():
                 spy.wait()
     finally:
-        drop_database(admin_url, db_name)
+        figures.drop_database(admin_url, db_name)
     print(f"{args.load}: {result['rps']} requests/s, p99 {result['p99_ms']} ms")
     print("CPU ms per request:", ", ".join(f"{name} {ms}" for name, ms in
                                            sorted(result["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])))

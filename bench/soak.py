@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import figures
-from .__main__ import RESULTS, bench_database, drop_database, postgres_admin_url
+from .__main__ import RESULTS
 
 SOAK_SCRIPT = Path(__file__).with_name("soak.lua")
 CONNECTIONS = 8
@@ -63,13 +63,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--rate", type=float, help="creates per second (each is read back once)")
-    parser.add_argument("--postgres", default=postgres_admin_url())
+    parser.add_argument("--postgres", default=figures.postgres_admin_url())
     args = parser.parse_args(argv)
     rate = args.rate
     if rate is None:
         previous = json.loads(RESULTS.read_text()).get("P2", {}) if RESULTS.exists() else {}
         rate = round(previous.get("detail", {}).get("creates_per_s", 100) / 2, 1)
-    db_name, db_url = bench_database(args.postgres)
+    db_name, db_url = figures.bench_database(args.postgres)
     work = Path(f"/tmp/pms-soak-{uuid.uuid4().hex[:6]}")
     rounds = []
     try:
@@ -91,7 +91,7 @@ def main(argv=None):
                 pace_ms = max(0.0, CONNECTIONS * 1000 / rate - busy_ms)
             pipeline = caught_up(db_url)
     finally:
-        drop_database(args.postgres, db_name)
+        figures.drop_database(args.postgres, db_name)
     requests_done = sum(r["rps"] * r["seconds"] for r in rounds)
     errors = sum(r["errors"] for r in rounds)
     socket_errors = [r["socket_errors"] for r in rounds if r["socket_errors"] != "none"]
