@@ -103,7 +103,15 @@ def counted(engine):
 
 
 def send(producer, topic, count, rate=None, on_send=None):
-    """Produces `count` events, at `rate` per second or all at once."""
+    """Produces `count` events, at `rate` per second or all at once; fails
+    unless the broker acknowledged every one (a broker that falls behind
+    lets events expire in the producer, and the consumer never sees them)."""
+    failed = []
+
+    def on_delivery(err, _message):
+        if err is not None:
+            failed.append(err)
+
     start = time.monotonic()
     for i in range(count):
         if rate:
@@ -113,12 +121,16 @@ def send(producer, topic, count, rate=None, on_send=None):
             on_send(message)
         while True:
             try:
-                producer.produce(topic, key=message.patientId, value=message.SerializeToString())
+                producer.produce(topic, key=message.patientId, value=message.SerializeToString(),
+                                 on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
-    producer.flush(30)
+    unsent = producer.flush(30)
+    if failed or unsent:
+        raise SystemExit(f"the broker did not acknowledge {len(failed) + unsent} of {count} events "
+                         f"(first error: {failed[0] if failed else 'none, still queued'})")
 
 
 def memory(bootstrap, database_url, rate, steady, burst):
