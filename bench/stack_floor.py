@@ -103,6 +103,7 @@ def http_floor(work, seconds, connections):
             after = cpu_seconds(app_processes), cpu_seconds([envoy_process]), children_cpu_seconds()
             assert result["errors"] == 0, result
             done = result["rps"] * result["seconds"]
+            # Envoy's and wrk's shares are kept from the last run, the flask-smorest view's.
             costs[view], costs["envoy"], costs["wrk"] = ((a - b) * 1000 / done for a, b in zip(after, before))
             costs[f"{view}_rps"] = result["rps"]
         return costs
@@ -123,8 +124,9 @@ def grpc_floor(calls=3000, threads=8):
 
 
 def sql_floor(database_url, writes=3000):
-    """One single-row INSERT in autocommit through SQLAlchemy Core, as billing
-    writes an account: CPU ms per write of this client and of PostgreSQL."""
+    """Single-row INSERTs in autocommit through SQLAlchemy Core on one open
+    connection (no pool checkout per write): CPU ms per write of this client
+    and of PostgreSQL."""
     url = database_url.replace("postgresql://", "postgresql+psycopg://")
     engine = sa.create_engine(url, **engine_options(url))
     table = sa.Table("bench_floor", sa.MetaData(), sa.Column("id", sa.Uuid, primary_key=True),
@@ -151,8 +153,9 @@ def sql_floor(database_url, writes=3000):
 
 
 def event_floor(events=20000):
-    """One event produced (acks=all, our producer settings) and consumed in
-    batches: CPU ms per event of the producer, one consumer and the broker."""
+    """Events produced back to back (acks=all, our producer settings) and
+    consumed in batches of up to 500: CPU ms per event of the producer, one
+    consumer and the broker, with batching at its best."""
     port = free_port()
     broker = subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
