@@ -23,8 +23,7 @@ import psutil
 from stack.parts import grpc_serving
 from stack.running import free_port, wait_for
 
-from .figures import bench_database, drop_database, postgres_admin_url
-from .figures import cpu_seconds, postgres_processes
+from .figures import bench_database, cpu_seconds, drop_database, postgres_admin_url, postgres_processes
 
 WARM_UP_CREATES = 300
 

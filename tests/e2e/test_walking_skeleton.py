@@ -1,7 +1,5 @@
 """The thin path through every real part, through the gateway only."""
 import json
-import os
-import time
 
 import psutil
 import pytest
