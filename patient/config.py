@@ -1,5 +1,8 @@
 from pms_common.config import ServiceConfig, env_float, env_int, service_address
 
+# Flask-SQLAlchemy's bind for writes that are one statement, atomic by itself.
+AUTOCOMMIT_BIND = "autocommit"
+
 
 class Config(ServiceConfig):
     SERVICE = "patient"
@@ -20,3 +23,13 @@ class Config(ServiceConfig):
         self.OUTBOX_POLL_SECONDS = env_float("OUTBOX_POLL_SECONDS", 0.03)
         self.OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)
         self.EVENTS_TOPIC = "patient"
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
+            # A create's write is one statement (see outbox.insert_with_event):
+            # on a pool of its own that stays in autocommit, no connection
+            # switches its mode at each checkout and back at each return.
+            self.SQLALCHEMY_BINDS = {AUTOCOMMIT_BIND: {
+                "url": self.SQLALCHEMY_DATABASE_URI, "isolation_level": "AUTOCOMMIT",
+                **self.SQLALCHEMY_ENGINE_OPTIONS}}

@@ -122,7 +122,7 @@ class Patients(MethodView):
         try:
             # Not through the ORM session: a new row needs none of its unit of
             # work (a third of a create's CPU).
-            insert_with_event(db.engine, {key: getattr(patient, key) for key in Patient.__table__.c.keys()},
+            insert_with_event({key: getattr(patient, key) for key in Patient.__table__.c.keys()},
                               outbox_row(patient, CREATED))
         except Exception as error:
             if patient.billing_account_id:

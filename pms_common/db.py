@@ -1,7 +1,6 @@
 """Database setup shared by every service: engine options that make SQLite
 safe for several processes, a liveness check for idle pooled connections,
 and one readiness probe."""
-import functools
 import time
 
 import sqlalchemy as sa
@@ -61,15 +60,6 @@ def padded_for_in(values):
     if len(values) > 1:
         values += values[-1:] * ((1 << (len(values) - 1).bit_length()) - len(values))
     return values
-
-
-# Kept, as making one costs a create about 2 % of its CPU; a service has an
-# engine or two, the bound only matters to tests, which make many.
-@functools.lru_cache(maxsize=8)
-def autocommit(engine):
-    """The engine for work that is one statement, atomic by itself: without
-    BEGIN and COMMIT around it, it is one round trip instead of three."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def engine_options(url):

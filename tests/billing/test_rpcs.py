@@ -4,6 +4,7 @@ import uuid
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from pms_common.protos import billing_service_pb2 as pb
 from tests.billing.conftest import account_count, new_patient_request
@@ -118,3 +119,20 @@ def test_close_unknown_patient_is_not_found(billing):
     error = rpc_error(billing.stub.CloseBillingAccount,
                       pb.CloseBillingAccountRequest(patientId=str(uuid.uuid4())))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_each_call_is_one_statement_on_connections_that_stay_in_autocommit(billing, store):
+    """Billing's every write is one statement, atomic by itself: its pool's
+    connections stay in autocommit (no BEGIN/COMMIT round trips) and are not
+    switched at checkout and back at checkin."""
+    statements = []
+    sa.event.listen(store.engine, "before_cursor_execute",
+                    lambda _conn, _cursor, statement, *_: statements.append(statement))
+    billing.stub.CreateBillingAccount(new_patient_request())
+    assert len(statements) == 1 and statements[0].startswith("INSERT INTO billing_accounts")
+    with store.engine.connect() as connection:
+        dbapi_connection = connection.connection.dbapi_connection
+        if store.engine.dialect.name == "postgresql":
+            assert dbapi_connection.autocommit is True
+        else:
+            assert dbapi_connection.isolation_level is None  # sqlite3's autocommit

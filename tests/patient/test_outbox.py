@@ -163,3 +163,29 @@ def test_a_create_whose_event_cannot_be_written_leaves_no_patient(app, client, b
     assert outbox_rows(app) == []
     with billing.store.engine.connect() as connection:
         assert connection.execute(sa.select(accounts.c.status)).scalars().all() == ["CLOSED"]
+
+
+def test_a_create_writes_once_and_no_pool_connection_changes_mode(app, client):
+    """On PostgreSQL a create's write is one statement (the patient and its
+    event) on a pool that stays in autocommit; the ORM's pool, which updates
+    and deletes use, stays transactional. A pool that switched a connection's
+    mode at checkout would hand it back switched again, which this sees."""
+    from patient.config import AUTOCOMMIT_BIND
+    with app.app_context():
+        engines = dict(db.engines)
+    if engines[None].dialect.name != "postgresql":
+        assert AUTOCOMMIT_BIND not in engines  # SQLite writes both rows in one transaction instead
+        return
+    statements = []
+    sa.event.listen(engines[AUTOCOMMIT_BIND], "before_cursor_execute",
+                    lambda _conn, _cursor, statement, *_: statements.append(statement))
+    assert client.post("/patients", json=VALID).status_code == 201
+    assert len(statements) == 1 and "INSERT INTO outbox_events" in statements[0]
+    assert "INSERT INTO patients" in statements[0]
+    with engines[AUTOCOMMIT_BIND].connect() as connection:
+        assert connection.connection.dbapi_connection.autocommit is True
+    created = client.post("/patients", json={**VALID, "email": "grace@example.com"}).get_json()
+    assert client.put(f"/patients/{created['id']}", json={**VALID, "email": "grace@example.com",
+                                                          "name": "Grace Hopper"}).status_code == 200
+    with engines[None].connect() as connection:
+        assert connection.connection.dbapi_connection.autocommit is False
