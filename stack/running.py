@@ -1,6 +1,7 @@
 """The whole system started exactly as `make run` starts it, on free ports,
 for the end-to-end tests and the benchmarks."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,29 @@ DATABASE_VARIABLES = ("DATABASE_URL", "PATIENT_DATABASE_URL", "AUTH_DATABASE_URL
                       "BILLING_DATABASE_URL", "ANALYTICS_DATABASE_URL")
 
 
+def ephemeral_ports_start(range_file="/proc/sys/net/ipv4/ip_local_port_range"):
+    try:
+        with open(range_file) as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, for a server started next. Taken below the
+    kernel's ephemeral range: a port the kernel hands out for port 0 can be
+    taken by any outgoing connection before the server binds it (a part of
+    the system once failed to start so), one below that range cannot."""
+    start = ephemeral_ports_start()
+    for _ in range(200):
+        port = random.randrange(max(1024, start - 12000), start)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use: another
+            return port
+    raise OSError("no free port below the ephemeral range")
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
