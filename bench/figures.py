@@ -148,8 +148,9 @@ def any_patient_id(running, api):
 
 def p1_gateway_read(running, seconds, connections, rounds=3):
     """Authenticated GET /api/patients/{id} through the gateway vs straight to
-    patient. Direct and gateway runs alternate, `rounds` times, so a noisy
-    neighbour slows both alike; the ratio is the median round's."""
+    patient. Each round runs direct, gateway, gateway, direct and compares the
+    two sums: a machine that speeds up or slows down during the round (a
+    neighbour's load) moves both sides alike. The ratio is the median round's."""
     token = running.token()
     patient_id = any_patient_id(running, running.session(token))
     direct_url = f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients/{patient_id}"
@@ -157,18 +158,30 @@ def p1_gateway_read(running, seconds, connections, rounds=3):
     headers = [f"Authorization: Bearer {token}"]
     wrk(direct_url, 2, connections)  # warm up connections and caches
     wrk(gateway_url, 2, connections, headers=headers)
-    length = max(2, seconds // rounds)
-    pairs = [(with_cpu_cost(running, lambda: wrk(direct_url, length, connections)),
-              with_cpu_cost(running, lambda: wrk(gateway_url, length, connections, headers=headers)))
-             for _ in range(rounds)]
-    ratios = [round(gateway["rps"] / direct["rps"], 2) for direct, gateway in pairs]
-    direct, gateway = sorted(pairs, key=lambda pair: pair[1]["rps"] / pair[0]["rps"])[rounds // 2]
-    return statistics.median(ratios), {
-        "gateway_rps": gateway["rps"], "direct_rps": direct["rps"],
-        "gateway_p99_ms": gateway["p99_ms"], "direct_p99_ms": direct["p99_ms"],
-        "gateway_errors": gateway["errors"], "round_ratios": ratios, "connections": connections,
-        "gateway_cpu_ms_per_request": gateway["cpu_ms_per_request"],
-        "direct_cpu_ms_per_request": direct["cpu_ms_per_request"]}
+    length = max(2, seconds // rounds // 2)
+
+    def direct():
+        return with_cpu_cost(running, lambda: wrk(direct_url, length, connections))
+
+    def gateway():
+        return with_cpu_cost(running, lambda: wrk(gateway_url, length, connections, headers=headers))
+
+    measured = []  # (ratio, directs, gateways) per round
+    for _ in range(rounds):
+        first, middle, last, second = direct(), gateway(), gateway(), direct()
+        directs, gateways = (first, second), (middle, last)
+        ratio = round(sum(run["rps"] for run in gateways) / sum(run["rps"] for run in directs), 2)
+        measured.append((ratio, directs, gateways))
+    ratio, directs, gateways = sorted(measured, key=lambda entry: entry[0])[rounds // 2]
+    return ratio, {
+        "gateway_rps": round(statistics.mean(run["rps"] for run in gateways), 1),
+        "direct_rps": round(statistics.mean(run["rps"] for run in directs), 1),
+        "gateway_p99_ms": max(run["p99_ms"] for run in gateways),
+        "direct_p99_ms": max(run["p99_ms"] for run in directs),
+        "gateway_errors": sum(run["errors"] for _, _, runs in measured for run in runs),
+        "round_ratios": [entry[0] for entry in measured], "connections": connections,
+        "gateway_cpu_ms_per_request": gateways[0]["cpu_ms_per_request"],
+        "direct_cpu_ms_per_request": directs[0]["cpu_ms_per_request"]}
 
 
 def raw_insert_rate(database_url, seconds=5):
