@@ -168,8 +168,8 @@ def p1_gateway_read(running, seconds, connections, rounds=3):
 
     measured = []  # (ratio, directs, gateways) per round
     for _ in range(rounds):
-        first, middle, last, second = direct(), gateway(), gateway(), direct()
-        directs, gateways = (first, second), (middle, last)
+        direct_before, gateway_1, gateway_2, direct_after = direct(), gateway(), gateway(), direct()
+        directs, gateways = (direct_before, direct_after), (gateway_1, gateway_2)
         ratio = round(sum(run["rps"] for run in gateways) / sum(run["rps"] for run in directs), 2)
         measured.append((ratio, directs, gateways))
     ratio, directs, gateways = sorted(measured, key=lambda entry: entry[0])[rounds // 2]
