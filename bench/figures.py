@@ -142,6 +142,16 @@ def with_cpu_cost(running, load):
     return result
 
 
+def idle_cpu(running, seconds=10):
+    """Each part's CPU in ms per second while nothing is asked of the system:
+    the fixed cost (polling, heartbeats) that every request's share includes."""
+    before = usage_by_part(running)
+    time.sleep(seconds)
+    after = usage_by_part(running)
+    return {name: round((after[name][0] - before.get(name, (0.0, 0))[0]) * 1000 / seconds, 1)
+            for name in after}
+
+
 def any_patient_id(running, api):
     return api.get(f"{running.url}/api/patients", timeout=10).json()[0]["id"]
 
@@ -205,6 +215,7 @@ def p2_create(running, database_url, seconds, connections):
     """POST /api/patients end to end (database, billing, outbox) vs the raw insert loop."""
     token = running.token()
     run_id = uuid.uuid4().hex[:8]
+    idle = idle_cpu(running)
     gateway = with_cpu_cost(running, lambda: wrk(
         f"{running.url}/api/patients", seconds, connections, script=CREATE_SCRIPT,
         headers=[f"Authorization: Bearer {token}"], script_args=[run_id + "g"]))
@@ -219,7 +230,9 @@ def p2_create(running, database_url, seconds, connections):
                    "direct_creates_per_s": direct["rps"], "direct_p99_ms": direct["p99_ms"],
                    "gateway_list_reads_per_s": reads["rps"], "connections": connections,
                    "cpu_ms_per_create": gateway["cpu_ms_per_request"],
-                   "switches_per_create": gateway["switches_per_request"]}
+                   "switches_per_create": gateway["switches_per_request"],
+                   "idle_cpu_ms_per_s": round(sum(idle.values()), 1),
+                   "idle_cpu_ms_per_s_by_part": {name: ms for name, ms in idle.items() if ms >= 1.0}}
 
 
 def p3_event_lag(running, rate, seconds):
