@@ -6,7 +6,7 @@ from .config import Config
 
 
 def main():
-    run_web_service(Config(), create_app, "analytics.wsgi:app", MIGRATIONS_DIR)
+    run_web_service(Config(), create_app, MIGRATIONS_DIR)
 
 
 if __name__ == "__main__":

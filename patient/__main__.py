@@ -6,4 +6,4 @@ from .config import Config
 from .seed import seed_patients
 
 if __name__ == "__main__":
-    run_web_service(Config(), create_app, "patient.wsgi:app", MIGRATIONS_DIR, seed=seed_patients)
+    run_web_service(Config(), create_app, MIGRATIONS_DIR, seed=seed_patients)

@@ -1,4 +1,4 @@
-"""gunicorn settings for every HTTP service (bind comes on the command line).
+"""gunicorn settings for every HTTP service (pms_common.serve adds the bind).
 
 Logs go to stdout; the access log is the app's own JSON line, so gunicorn's is
 off. WEB_CONCURRENCY and WEB_THREADS size the pool."""

@@ -30,10 +30,18 @@ def test_sigterm_stops_every_part(tmp_path):
     system = RunningSystem(tmp_path).start()
     launcher = psutil.Process(system.process.pid)
     parts = launcher.children(recursive=True)
-    names = " ".join(" ".join(p.cmdline()) for p in parts)
-    for expected in ("supervisord", "tansu", "envoy", "gunicorn", "billing", "ext_authz",
-                     "patient.worker", "analytics.consumer"):
-        assert expected in names
+    commands = [p.cmdline() for p in parts]
+    programs = " ".join(command[0] for command in commands)
+    for expected in ("tansu", "envoy"):
+        assert expected in programs
+    modules = [command[command.index("-m") + 1] for command in commands if "-m" in command]
+    for expected in ("supervisor.supervisord", "billing", "gateway.ext_authz", "patient.worker",
+                     "analytics.consumer"):
+        assert modules.count(expected) == 1, (expected, modules)
+    # Each web service: its gunicorn master and the workers it forked.
+    workers = int(system.env.get("WEB_CONCURRENCY", "2"))
+    for web_service in ("patient", "auth", "analytics"):
+        assert modules.count(web_service) == 1 + workers, (web_service, modules)
     # SIGTERM to the launcher alone (not its process group): it must stop the rest itself.
     system.process.send_signal(signal.SIGTERM)
     assert system.process.wait(60) == 0

@@ -1,4 +1,0 @@
-"""The WSGI entry gunicorn loads."""
-from analytics import create_app
-
-app = create_app()

@@ -1,3 +1,0 @@
-from auth import create_app
-
-app = create_app()

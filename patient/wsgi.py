@@ -1,3 +1,0 @@
-from patient import create_app
-
-app = create_app()
