@@ -12,6 +12,7 @@ from pathlib import Path
 from flask_migrate import upgrade
 from gunicorn.app.base import Application
 
+from .heap import freeze_start_up_objects
 from .logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -52,4 +53,7 @@ def run_web_service(config, create_app, migrations_dir, seed=None):
     bind = f"{config.BIND_HOST}:{config.PORT}"
     log.info("starting gunicorn", extra={"bind": bind})
     os.environ["PMS_SERVICE"] = config.SERVICE
+    # Frozen before the fork as well: a worker's collections then leave the
+    # app's objects alone, so their pages stay shared with the master.
+    freeze_start_up_objects()
     BuiltApp(app, bind).run()
