@@ -13,7 +13,9 @@ log = logging.getLogger(__name__)
 
 
 def freeze_start_up_objects():
-    """Once per process, when start-up is done (in a gunicorn worker: after the app loaded)."""
+    """When a process's start-up is done. A gunicorn master calls it before it
+    forks (its workers then share those pages), and each worker again once
+    it is set up."""
     gc.collect()
     gc.freeze()
     log.info("start-up objects frozen", extra={"objects": gc.get_freeze_count()})
