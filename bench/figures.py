@@ -125,20 +125,25 @@ def usage_by_part(running):
             for name, processes in processes_by_part(running).items()}
 
 
+def usage_between(before, after):
+    """{part: (CPU ms, context switches)} spent between two usage_by_part()
+    readings (a part that appeared meanwhile counts from zero)."""
+    return {name: ((cpu - before.get(name, (0.0, 0))[0]) * 1000, switches - before.get(name, (0.0, 0))[1])
+            for name, (cpu, switches) in after.items()}
+
+
 def with_cpu_cost(running, load):
     """Runs load() (a wrk result) and adds the CPU each part spent per request,
     in ms, and its context switches per request: where the time goes, which a
     noisy shared machine does not blur."""
     before = usage_by_part(running)
     result = load()
-    after = usage_by_part(running)  # again: PostgreSQL backends come and go
+    spent = usage_between(before, usage_by_part(running))  # read again: PostgreSQL backends come and go
     requests_done = result["rps"] * result["seconds"]
-    before = {name: before.get(name, (0.0, 0)) for name in after}
-    busy = [name for name in after if after[name][0] - before[name][0] > 0.00001 * requests_done]
-    result["cpu_ms_per_request"] = {
-        name: round((after[name][0] - before[name][0]) * 1000 / requests_done, 3) for name in busy}
-    result["switches_per_request"] = {
-        name: round((after[name][1] - before[name][1]) / requests_done, 1) for name in busy}
+    busy = {name: usage for name, usage in spent.items() if usage[0] > 0.01 * requests_done}
+    result["cpu_ms_per_request"] = {name: round(cpu / requests_done, 3) for name, (cpu, _) in busy.items()}
+    result["switches_per_request"] = {name: round(switches / requests_done, 1)
+                                      for name, (_, switches) in busy.items()}
     return result
 
 
@@ -147,9 +152,8 @@ def idle_cpu(running, seconds=10):
     the fixed cost (polling, heartbeats) that every request's share includes."""
     before = usage_by_part(running)
     time.sleep(seconds)
-    after = usage_by_part(running)
-    return {name: round((after[name][0] - before.get(name, (0.0, 0))[0]) * 1000 / seconds, 1)
-            for name in after}
+    spent = usage_between(before, usage_by_part(running))
+    return {name: round(cpu / seconds, 1) for name, (cpu, _) in spent.items()}
 
 
 def any_patient_id(running, api):

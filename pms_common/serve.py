@@ -24,10 +24,6 @@ def migrate_and_seed(app, migrations_dir, seed=None):
         upgrade(directory=str(migrations_dir))
         if seed is not None:
             seed(app)
-        # The workers fork from this process: no pooled connection may be
-        # shared with them, so each opens its own.
-        for engine in app.extensions["sqlalchemy"].engines.values():
-            engine.dispose()
 
 
 class BuiltApp(Application):
@@ -50,6 +46,11 @@ def run_web_service(config, create_app, migrations_dir, seed=None):
     config.ensure_data_dir()
     app = create_app(config)
     migrate_and_seed(app, migrations_dir, seed)
+    # The workers fork from this process: no pooled connection may be shared
+    # with them, so each opens its own.
+    with app.app_context():
+        for engine in app.extensions["sqlalchemy"].engines.values():
+            engine.dispose()
     bind = f"{config.BIND_HOST}:{config.PORT}"
     log.info("starting gunicorn", extra={"bind": bind})
     os.environ["PMS_SERVICE"] = config.SERVICE
