@@ -23,13 +23,18 @@ class Config(ServiceConfig):
         self.TOPIC_PARTITIONS = env_int("ANALYTICS_TOPIC_PARTITIONS", 3)
         # Most messages one database transaction takes.
         self.BATCH_SIZE = env_int("ANALYTICS_BATCH_SIZE", 500)
-        # After a batch's first message, how long to gather more: under load one
-        # transaction per 30 ms of events rather than per few events, for at
-        # most this much more lag (longer waits cut the CPU per event further,
-        # 60 ms by half against 20 ms, but bring P3's lag goal too close; 5 ms
-        # cut P3's p50 from 71-76 to 42-49 ms but cost the consumer about a
-        # third more CPU per event under P2's load, which P2 cannot spare).
-        self.BATCH_WAIT_MS = env_int("ANALYTICS_BATCH_WAIT_MS", 30)
+        # After a batch's first message, how long to gather more on top of what
+        # its fetch brought. Tansu, the local broker, answers a fetch that finds
+        # nothing only after FETCH_WAIT_MS, so what arrives meanwhile comes as
+        # one batch: there a gather only adds lag. At 100 events/s a 30 ms
+        # gather put P3's lag at p50 72-87 / p99 101-154 ms, against 42-48 /
+        # 76-120 with none; under P2's load none cost 0.1-0.2 ms more consumer
+        # CPU per event and as much again in PostgreSQL, more transactions
+        # (2026-11-28). Kafka and MSK answer a fetch as soon as one event is
+        # there: compose and the ECS task set 30 ms, or each event would be a
+        # transaction. (A gather that stops after 5 ms without a new event
+        # gave neither: Tansu's batches come in bursts further apart.)
+        self.BATCH_WAIT_MS = env_int("ANALYTICS_BATCH_WAIT_MS", 0)
         # How long the broker may hold a fetch open. Kafka (and MSK) answers as
         # soon as data arrives, so there a long wait costs no lag. Tansu, the
         # local broker, sleeps after every read of a fetch, data or not (below

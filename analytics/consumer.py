@@ -1,8 +1,9 @@
 """`python -m analytics.consumer`: counts patient events exactly once.
 
-Each poll takes what arrives within BATCH_WAIT_MS (up to BATCH_SIZE messages)
-and counts it in one database transaction that also records every event id; only after that
-commit are the offsets stored and committed. A crash anywhere before the
+Each poll takes what its fetch brought and what arrives within BATCH_WAIT_MS
+(up to BATCH_SIZE messages) and counts it in one database transaction that
+also records every event id; only after that commit are the offsets stored
+and committed. A crash anywhere before the
 commit redelivers the batch, and the recorded ids make the redelivery change
 nothing. Messages that can never be counted go to the dead-letter topic first.
 """
@@ -102,7 +103,8 @@ class PatientEventConsumer:
                 self.stop_event.wait(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
 
     def _poll(self):
-        """Waits for one message, then gathers more for up to BATCH_WAIT_MS."""
+        """Waits for one message, then takes the rest of what was fetched and
+        what arrives within BATCH_WAIT_MS."""
         first = self.consumer.poll(POLL_TIMEOUT)
         if first is None:
             return []

@@ -8,6 +8,7 @@ from pms_common.config import ConfigError
 @pytest.mark.parametrize("overrides, named", [
     ({"BATCH_WAIT_MS": -1}, "ANALYTICS_BATCH_WAIT_MS"),
     ({"BATCH_SIZE": 0}, "ANALYTICS_BATCH_SIZE"),
+    ({"FETCH_WAIT_MS": 0}, "ANALYTICS_FETCH_WAIT_MS"),
     ({"DEDUP_HOURS": 0}, "ANALYTICS_DEDUP_HOURS"),
     ({"HEARTBEAT_SECONDS": 20.0, "CONSUMER_STALE_SECONDS": 15.0}, "CONSUMER_HEARTBEAT_SECONDS"),
     ({"PATIENT_TOPIC": "same", "DEAD_LETTER_TOPIC": "same"}, "ANALYTICS_TOPIC"),

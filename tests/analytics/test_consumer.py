@@ -1,4 +1,5 @@
 """The consumer in a thread against the real broker and each real database."""
+import time
 import uuid
 from collections import Counter
 
@@ -6,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Producer
 
+from analytics import store
 from analytics.consumer import PatientEventConsumer
 from analytics.extensions import db
 from analytics.models import ConsumerStatus
@@ -58,6 +60,61 @@ def test_n_events_count_exactly_n_and_redeliveries_change_nothing(consumer_setup
                  20, interval=0.3, message="the copies consumed")
     assert summary(client) == first
     assert client.get("/analytics/registrations").get_json() == registrations
+
+
+@pytest.fixture
+def counted_batches(monkeypatch):
+    """The size of each batch the consumer counts (the real store counts it)."""
+    sizes = []
+    count_events = store.apply_events
+
+    def counted_batch(connection, events, **kwargs):
+        sizes.append(len(events))
+        return count_events(connection, events, **kwargs)
+
+    monkeypatch.setattr(store, "apply_events", counted_batch)
+    return sizes
+
+
+def stream_events(app, config, broker, count, every_seconds):
+    """Once the running consumer has counted a first event, sends `count`
+    events one by one and waits until they are counted."""
+    produce(broker.bootstrap, config.PATIENT_TOPIC, [patient_event(CREATED)])
+    wait_for(lambda: summary(app.test_client())["eventsProcessed"] == 1, 30, message="the consumer up")
+    producer = Producer(producer_config(broker.bootstrap))
+    for event in sample_events(created=count, updated=0, deleted=0)[0]:
+        producer.produce(config.PATIENT_TOPIC, key=event.patientId, value=event.SerializeToString())
+        producer.poll(0)
+        time.sleep(every_seconds)
+    assert producer.flush(10) == 0
+    wait_for(lambda: summary(app.test_client())["eventsProcessed"] == count + 1, 30,
+             message=f"{count + 1} events counted")
+
+
+def test_a_stream_of_events_shares_transactions_through_the_fetch_wait(consumer_setup, broker, counted_batches):
+    """By default (for Tansu, which holds a fetch that finds nothing) there is
+    no gather wait: the fetch wait batches. 197 transactions for 200 events
+    with a fetch wait of 1 ms."""
+    app, config = consumer_setup
+    assert config.BATCH_WAIT_MS == 0
+    with running_consumer(app, config):
+        stream_events(app, config, broker, 200, every_seconds=0.005)
+    stream = counted_batches[1:]
+    assert sum(stream) == 200
+    assert len(stream) <= 100, f"{len(stream)} transactions for 200 events: {stream}"
+
+
+def test_from_a_broker_that_answers_at_once_the_gather_wait_batches(database_url, app_factory, broker,
+                                                                    counted_batches):
+    """Kafka answers a fetch as soon as an event is there (here: Tansu with a
+    1 ms fetch wait); compose and ECS set a 30 ms gather for it."""
+    config = make_config(database_url, broker.bootstrap, FETCH_WAIT_MS=1, BATCH_WAIT_MS=30)
+    app = app_factory(config)
+    with running_consumer(app, config):
+        stream_events(app, config, broker, 200, every_seconds=0.002)
+    stream = counted_batches[1:]
+    assert sum(stream) == 200
+    assert len(stream) <= 100, f"{len(stream)} transactions for 200 events: {stream}"
 
 
 def test_undecodable_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(sqlite_consumer_setup, broker):

@@ -473,6 +473,13 @@ def test_containers_run_their_part_of_the_one_app_image(deployed):
         assert containers[name]["portMappings"] == [], name
 
 
+def test_the_analytics_consumer_gathers_events_from_msk_into_batches(deployed):
+    """MSK answers a fetch as soon as one event is there (Tansu, the local
+    default, holds it): without a gather wait each event would be a transaction."""
+    env = env_of(deployed.containers()["analytics-consumer"])
+    assert int(env.get("ANALYTICS_BATCH_WAIT_MS") or 0) > 0
+
+
 def test_gateway_renders_its_config_before_envoy_starts(deployed):
     containers = deployed.containers()
     render, envoy = containers["gateway-config"], containers["envoy"]

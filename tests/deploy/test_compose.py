@@ -1165,3 +1165,10 @@ def test_gateway_config_rendered_with_the_compose_addresses_passes_envoy_validat
     for host, port in endpoints:
         assert listens_on.get(host) == port, f"cluster endpoint {host}:{port} is not a compose service's port"
     assert {host for host, _ in endpoints} == {"patient", "auth", "billing", "analytics", "ext-authz"}
+
+
+def test_the_analytics_consumer_gathers_events_from_kafka_into_batches():
+    """Kafka answers a fetch as soon as one event is there (Tansu, the local
+    default, holds it): without a gather wait each event would be a transaction."""
+    env = environment_of(services()["analytics-consumer"])
+    assert int(env.get("ANALYTICS_BATCH_WAIT_MS", "0")) > 0
