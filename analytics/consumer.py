@@ -3,9 +3,9 @@
 Each poll takes what its fetch brought and what arrives within BATCH_WAIT_MS
 (up to BATCH_SIZE messages) and counts it in one database transaction that
 also records every event id; only after that commit are the offsets stored
-and committed. A crash anywhere before the
-commit redelivers the batch, and the recorded ids make the redelivery change
-nothing. Messages that can never be counted go to the dead-letter topic first.
+and committed. A crash anywhere before the commit redelivers the batch, and
+the recorded ids make the redelivery change nothing. Messages that can never
+be counted go to the dead-letter topic first.
 """
 import itertools
 import logging
