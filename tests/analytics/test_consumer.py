@@ -76,12 +76,13 @@ def counted_batches(monkeypatch):
     return sizes
 
 
-def stream_events(app, config, broker, count, every_seconds):
+def stream_events(app, config, broker, counted_batches, count, every_seconds):
     """Once the running consumer has counted a first event, sends `count`
-    events one by one and waits until they are counted."""
-    produce(broker.bootstrap, config.PATIENT_TOPIC, [patient_event(CREATED)])
-    wait_for(lambda: summary(app.test_client())["eventsProcessed"] == 1, 30, message="the consumer up")
+    events one by one, waits until they are counted and returns the sizes of
+    the transactions that counted them."""
     producer = Producer(producer_config(broker.bootstrap))
+    produce(broker.bootstrap, config.PATIENT_TOPIC, [patient_event(CREATED)], producer=producer)
+    wait_for(lambda: summary(app.test_client())["eventsProcessed"] == 1, 30, message="the consumer up")
     for event in sample_events(created=count, updated=0, deleted=0)[0]:
         producer.produce(config.PATIENT_TOPIC, key=event.patientId, value=event.SerializeToString())
         producer.poll(0)
@@ -89,6 +90,9 @@ def stream_events(app, config, broker, count, every_seconds):
     assert producer.flush(10) == 0
     wait_for(lambda: summary(app.test_client())["eventsProcessed"] == count + 1, 30,
              message=f"{count + 1} events counted")
+    stream = counted_batches[1:]
+    assert sum(stream) == count
+    return stream
 
 
 def test_a_stream_of_events_shares_transactions_through_the_fetch_wait(consumer_setup, broker, counted_batches):
@@ -98,9 +102,7 @@ def test_a_stream_of_events_shares_transactions_through_the_fetch_wait(consumer_
     app, config = consumer_setup
     assert config.BATCH_WAIT_MS == 0
     with running_consumer(app, config):
-        stream_events(app, config, broker, 200, every_seconds=0.005)
-    stream = counted_batches[1:]
-    assert sum(stream) == 200
+        stream = stream_events(app, config, broker, counted_batches, 200, every_seconds=0.005)
     assert len(stream) <= 100, f"{len(stream)} transactions for 200 events: {stream}"
 
 
@@ -111,9 +113,7 @@ def test_from_a_broker_that_answers_at_once_the_gather_wait_batches(database_url
     config = make_config(database_url, broker.bootstrap, FETCH_WAIT_MS=1, BATCH_WAIT_MS=30)
     app = app_factory(config)
     with running_consumer(app, config):
-        stream_events(app, config, broker, 200, every_seconds=0.002)
-    stream = counted_batches[1:]
-    assert sum(stream) == 200
+        stream = stream_events(app, config, broker, counted_batches, 200, every_seconds=0.002)
     assert len(stream) <= 100, f"{len(stream)} transactions for 200 events: {stream}"
 
 
