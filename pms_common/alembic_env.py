@@ -9,25 +9,33 @@ upgrade at the same moment, so an upgrade holds a lock: a transaction-scoped
 advisory lock on PostgreSQL, a file lock beside the database on SQLite. The
 one that waited then finds the schema current and does nothing.
 """
+
 import fcntl
 import logging
+import os
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from alembic import context
 from flask import current_app
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 
-log = logging.getLogger("alembic.env")
+log = logging.getLogger(__name__)
 
 
 @contextmanager
-def sqlite_file_lock(url):
+def sqlite_file_lock(url: URL) -> Iterator[None]:
+    """Holds an exclusive lock on a file beside a SQLite database (nothing for
+    another database, or one in memory)."""
     database = url.database
     if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
         yield
         return
-    with open(f"{database}.migrate.lock", "a") as lock_file:
+    # Owner-only like the database beside it.
+    with os.fdopen(os.open(f"{database}.migrate.lock", os.O_CREAT | os.O_WRONLY, 0o600), "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             yield
@@ -35,7 +43,7 @@ def sqlite_file_lock(url):
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def run_migrations():
+def run_migrations() -> None:
     migrate_ext = current_app.extensions["migrate"]
     db = migrate_ext.db
     engine = db.engine
@@ -45,20 +53,28 @@ def run_migrations():
     lock_key = zlib.crc32(configure_args.get("version_table", "alembic_version").encode())
 
     if context.is_offline_mode():
-        context.configure(url=str(engine.url).replace("%", "%%"), target_metadata=db.metadata,
-                          literal_binds=True, **configure_args)
+        context.configure(
+            url=str(engine.url).replace("%", "%%"),
+            target_metadata=db.metadata,
+            literal_binds=True,
+            **configure_args,
+        )
         with context.begin_transaction():
             context.run_migrations()
         return
 
-    def skip_empty(_context, _revision, directives):
+    def skip_empty(_context: Any, _revision: Any, directives: list[Any]) -> None:
         if getattr(context.config.cmd_opts, "autogenerate", False) and directives[0].upgrade_ops.is_empty():
             directives[:] = []
             log.info("No changes in schema detected.")
 
     with sqlite_file_lock(engine.url), engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=db.metadata,
-                          process_revision_directives=skip_empty, **configure_args)
+        context.configure(
+            connection=connection,
+            target_metadata=db.metadata,
+            process_revision_directives=skip_empty,
+            **configure_args,
+        )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})

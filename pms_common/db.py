@@ -1,23 +1,41 @@
-"""Database setup shared by every service: engine options that make SQLite
-safe for several processes, a liveness check for idle pooled connections,
-and one readiness probe."""
+"""Database setup shared by every part: one engine setup (options, SQLite
+pragmas, a liveness check of idle pooled connections), one way to run a
+statement in autocommit, one readiness probe, and private SQLite files. What a
+log line may say about a database error is in db_errors."""
+
+from __future__ import annotations
+
+import os
 import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import Pool
 
+from .config import normalize_database_url
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
 # A pooled connection unused this long is checked before it is handed out:
-# the database may have restarted meanwhile. A busy pool skips the check, so
-# a request does not pay a round trip for it (pool_pre_ping pings on every
-# checkout, which cost a create a fifth of its time). A connection that dies
-# while in use fails that request (503) and SQLAlchemy replaces the whole pool.
+# the database may have restarted meanwhile. A busy pool skips the check, so a
+# request does not pay a round trip for it (pool_pre_ping's cost: bench/README.md,
+# "Database connections"). A connection that dies while in use fails that
+# request (503) and SQLAlchemy replaces the whole pool.
 IDLE_CHECK_SECONDS = 10.0
+# Flask-SQLAlchemy's bind key of a part's autocommit pool (database_binds).
+AUTOCOMMIT_BIND = "autocommit"
+AUTOCOMMIT = "AUTOCOMMIT"
+
+Value = TypeVar("Value")
 
 
 @event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection, _record):
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; busy_timeout makes a second
     # writer wait instead of failing at once with "database is locked".
     if type(dbapi_connection).__module__.startswith("sqlite3"):
@@ -30,13 +48,13 @@ def _sqlite_pragmas(dbapi_connection, _record):
 
 
 @event.listens_for(Pool, "checkin")
-def _note_checkin(_dbapi_connection, record):
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
     if record is not None:
         record.info["checked_in_at"] = time.monotonic()
 
 
 @event.listens_for(Pool, "checkout")
-def _check_if_idle(dbapi_connection, record, _proxy):
+def _check_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     checked_in_at = record.info.get("checked_in_at")
     if checked_in_at is None or time.monotonic() - checked_in_at < IDLE_CHECK_SECONDS:
         return
@@ -50,25 +68,80 @@ def _check_if_idle(dbapi_connection, record, _proxy):
         raise exc.DisconnectionError(str(error)) from error
 
 
-def padded_for_in(values):
+def padded_for_in(values: Iterable[Value]) -> list[Value]:
     """The values for an IN list, padded to a power of two by repeating the
     last one (same result): batches of any size then make a handful of
     distinct statements, not one per size, so the statement caches of
-    SQLAlchemy, the driver and the server stay small (a process's memory
-    crept up by one cached statement per new batch size) and warm."""
-    values = list(values)
-    if len(values) > 1:
-        values += values[-1:] * ((1 << (len(values) - 1).bit_length()) - len(values))
-    return values
+    SQLAlchemy, the driver and the server stay small and warm."""
+    padded = list(values)
+    if len(padded) > 1:
+        padded += padded[-1:] * ((1 << (len(padded) - 1).bit_length()) - len(padded))
+    return padded
 
 
-def engine_options(url):
+def engine_options(url: str, *, autocommit: bool = False) -> dict[str, Any]:
+    """create_engine's options for `url`, the same for Flask-SQLAlchemy's
+    engines (SQLALCHEMY_ENGINE_OPTIONS) and the ones a part builds itself
+    (create_engine). With `autocommit` every statement commits by itself."""
+    # SQL parameters are patients' names, emails and addresses: an error's
+    # text (which ends up in logs and tracebacks) must not carry them.
+    options: dict[str, Any] = {"hide_parameters": True}
+    if autocommit:
+        options["isolation_level"] = AUTOCOMMIT
     if url.startswith("sqlite"):
+        return options
+    return {**options, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+
+
+def create_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """An engine a part builds outside Flask-SQLAlchemy (billing, scripts),
+    set up as Flask-SQLAlchemy's are: same options, pragmas and idle check."""
+    url = normalize_database_url(url)
+    return sa.create_engine(url, **engine_options(url, autocommit=autocommit))
+
+
+def database_binds(url: str) -> dict[str, dict[str, Any]]:
+    """Flask-SQLAlchemy's SQLALCHEMY_BINDS for a part on `url`: on PostgreSQL
+    a second pool whose connections stay in autocommit, for
+    autocommit_connection, so that no connection of the main pool switches
+    its mode at checkout and back at return. SQLite, in process, has no round
+    trips to save."""
+    if not url.startswith("postgresql"):
         return {}
-    return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+    return {AUTOCOMMIT_BIND: {"url": url, **engine_options(url, autocommit=True)}}
 
 
-def check_database(engine):
+def autocommit_connection(db: SQLAlchemy) -> Connection:
+    """A connection of a Flask part on which each statement commits by
+    itself, with no BEGIN or COMMIT round trips: for one statement that is
+    atomic alone (a read, or a write that is one statement). From the part's
+    autocommit pool (database_binds), else its main pool's connection
+    switched to autocommit for this use."""
+    pool = db.engines.get(AUTOCOMMIT_BIND)
+    if pool is not None:
+        return pool.connect()
+    return db.engine.connect().execution_options(isolation_level=AUTOCOMMIT)
+
+
+# SQLite creates a database's -wal and -shm files with the database file's
+# own mode, so a file made private before SQLite opens it stays private.
+SQLITE_FILE_MODE = 0o600
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def make_sqlite_file_private(path: str | os.PathLike[str]) -> None:
+    """Creates the SQLite file owner-only (0600) if missing, and tightens it
+    and its companions if they exist."""
+    database = Path(path)
+    descriptor = os.open(database, os.O_CREAT | os.O_WRONLY, SQLITE_FILE_MODE)
+    os.close(descriptor)
+    for suffix in SQLITE_COMPANIONS:
+        companion = database.with_name(database.name + suffix)
+        if companion.exists():
+            companion.chmod(SQLITE_FILE_MODE)
+
+
+def check_database(engine: Engine) -> None:
     """Readiness: the database answers a query."""
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT 1"))

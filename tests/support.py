@@ -1,15 +1,89 @@
-"""Helpers the tests share: free ports, waiting, real databases and a real broker."""
+"""Helpers the tests share: free ports, waiting, real databases, a real
+broker, and callers with the identity the gateway would have set."""
+
+import collections
 import os
 import socket
 import subprocess
 import uuid
 from contextlib import contextmanager
 
+import grpc
 import psycopg
+from flask.testing import FlaskClient
 
-from stack.running import free_port, wait_for  # noqa: F401  (re-exported for tests)
+from pms_common.identity import ROLE_HEADER, USER_HEADER
+from stack.harness import free_port, wait_for
 
 POSTGRES_URL_VAR = "PMS_TEST_POSTGRES_URL"
+TEST_CALLER = "tester@example.com"
+
+
+def identity_headers(role, email=TEST_CALLER):
+    """The headers the gateway sets for a signed-in caller with this role."""
+    return {USER_HEADER: email, ROLE_HEADER: role}
+
+
+def client_class_as(role, email=TEST_CALLER):
+    """A Flask test client class whose every request carries this identity;
+    a test may still override or drop a header per request."""
+
+    class IdentifiedClient(FlaskClient):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.environ_base.update(
+                {
+                    "HTTP_" + name.upper().replace("-", "_"): value
+                    for name, value in identity_headers(role, email).items()
+                }
+            )
+
+    return IdentifiedClient
+
+
+def client_as(app, role=None, email=TEST_CALLER):
+    """A test client calling as `role`, or with no identity at all (None)."""
+    client_class = FlaskClient if role is None else client_class_as(role, email)
+    return client_class(app, app.response_class, use_cookies=True)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class CallerIdentity(grpc.UnaryUnaryClientInterceptor):
+    """Adds x-user-email and x-user-role to every call: role_for(method) picks
+    the role (None sends no identity)."""
+
+    def __init__(self, role_for, email=TEST_CALLER):
+        self.role_for, self.email = role_for, email
+
+    def intercept_unary_unary(self, continuation, details, request):
+        role = self.role_for(details.method)
+        metadata = list(details.metadata or ())
+        if role is not None:
+            metadata += [(USER_HEADER.lower(), self.email), (ROLE_HEADER.lower(), role)]
+        return continuation(
+            _CallDetails(
+                details.method,
+                details.timeout,
+                metadata,
+                details.credentials,
+                details.wait_for_ready,
+                details.compression,
+            ),
+            request,
+        )
+
+
+def channel_as(channel, role_for, email=TEST_CALLER):
+    """The channel, with every unary call carrying the identity role_for(method) names."""
+    return grpc.intercept_channel(channel, CallerIdentity(role_for, email))
 
 
 def postgres_admin_url():
@@ -17,15 +91,18 @@ def postgres_admin_url():
 
 
 @contextmanager
-def migrated_apps(create_app, migrations_dir, db):
-    """Yields build(config, seed=None) -> a Flask app on its migrated database;
-    afterwards closes every app's engine, so a test database can be dropped."""
+def migrated_apps(create_app, migrations_dir, db, role=None):
+    """Yields build(config, seed=None) -> a Flask app on its migrated database
+    (whose test_client() calls as `role`, when given); afterwards closes every
+    app's engine, so a test database can be dropped."""
     from pms_common.serve import migrate_and_seed
 
     apps = []
 
     def build(config, seed=None):
         app = create_app(config)
+        if role is not None:
+            app.test_client_class = client_class_as(role)
         migrate_and_seed(app, migrations_dir, seed)
         apps.append(app)
         return app
@@ -63,14 +140,14 @@ class Broker:
 
     def __init__(self):
         from stack.parts import tansu_command
+
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._command = tansu_command(self.port)
         self.process = None
 
     def start(self):
-        self.process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._answers, timeout=20, message=f"broker on {self.bootstrap}")
         return self
 

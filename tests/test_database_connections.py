@@ -1,6 +1,7 @@
 """Pooled PostgreSQL connections that the server dropped (a restart, an idle
 timeout): an idle one is checked and replaced before use; a busy pool pays
 no check, and one dropped mid-use costs one failed request, not the pool."""
+
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -10,8 +11,9 @@ from pms_common import db
 from pms_common.db import engine_options
 from tests.support import fresh_database, postgres_admin_url
 
-pytestmark = pytest.mark.skipif(not postgres_admin_url(),
-                                reason="PostgreSQL tests run when PMS_TEST_POSTGRES_URL is set (CI sets it)")
+pytestmark = pytest.mark.skipif(
+    not postgres_admin_url(), reason="PostgreSQL tests run when PMS_TEST_POSTGRES_URL is set (CI sets it)"
+)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The committed stubs are current, and the wire contract is the Java original's."""
+
 from pathlib import Path
 
 from pms_common.protos import billing_service_pb2, codegen, patient_event_pb2
@@ -12,8 +13,9 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path):
     generated = sorted(p.name for p in fresh.iterdir())
     assert generated, "protoc generated nothing"
     for name in generated:
-        assert (STUBS / name).read_text() == (fresh / name).read_text(), \
+        assert (STUBS / name).read_text() == (fresh / name).read_text(), (
             f"{name} is stale: run `make proto` and commit the result"
+        )
 
 
 def fields(message):
@@ -34,3 +36,15 @@ def test_patient_event_keeps_the_original_fields_and_package():
     assert descriptor.full_name == "patient.events.PatientEvent"
     original = {"patientId": 1, "name": 2, "email": 3, "event_type": 4}
     assert original.items() <= fields(descriptor).items()
+
+
+def test_envoys_protos_and_the_otlp_exporter_load_together():
+    # xds-protos carries an older opentelemetry/proto; installed over
+    # opentelemetry-proto's files it breaks the exporter (make install reinstalls it).
+    from envoy.service.auth.v3 import external_auth_pb2
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    assert "InstrumentationScope" in common_pb2.DESCRIPTOR.message_types_by_name
+    assert external_auth_pb2.CheckRequest.DESCRIPTOR.full_name == "envoy.service.auth.v3.CheckRequest"
+    assert OTLPSpanExporter.__name__ == "OTLPSpanExporter"

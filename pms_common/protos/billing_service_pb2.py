@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'pms_common/protos/billing_service.proto\x1a\x1cgoogle/api/annotations.proto\"@\n\x0e\x42illingRequest\x12\x11\n\tpatientId\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"4\n\x0f\x42illingResponse\x12\x11\n\taccountId\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"-\n\x18GetBillingAccountRequest\x12\x11\n\tpatientId\x18\x01 \x01(\t\"/\n\x1a\x43loseBillingAccountRequest\x12\x11\n\tpatientId\x18\x01 \x01(\t\"\x88\x01\n\x0e\x42illingAccount\x12\x11\n\taccountId\x18\x01 \x01(\t\x12\x11\n\tpatientId\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x11\n\tcreatedAt\x18\x06 \x01(\t\x12\x10\n\x08\x63losedAt\x18\x07 \x01(\t2\xfc\x01\n\x0e\x42illingService\x12\x39\n\x14\x43reateBillingAccount\x12\x0f.BillingRequest\x1a\x10.BillingResponse\x12j\n\x11GetBillingAccount\x12\x19.GetBillingAccountRequest\x1a\x0f.BillingAccount\")\x82\xd3\xe4\x93\x02#\x12!/api/billing/accounts/{patientId}\x12\x43\n\x13\x43loseBillingAccount\x12\x1b.CloseBillingAccountRequest\x1a\x0f.BillingAccountB\x0b\n\x07\x62illingP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'pms_common/protos/billing_service.proto\x1a\x1cgoogle/api/annotations.proto\"@\n\x0e\x42illingRequest\x12\x11\n\tpatientId\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"4\n\x0f\x42illingResponse\x12\x11\n\taccountId\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"-\n\x18GetBillingAccountRequest\x12\x11\n\tpatientId\x18\x01 \x01(\t\"/\n\x1a\x43loseBillingAccountRequest\x12\x11\n\tpatientId\x18\x01 \x01(\t\"\x88\x01\n\x0e\x42illingAccount\x12\x11\n\taccountId\x18\x01 \x01(\t\x12\x11\n\tpatientId\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x11\n\tcreatedAt\x18\x06 \x01(\t\x12\x10\n\x08\x63losedAt\x18\x07 \x01(\t\"\\\n\x19ListActiveAccountsRequest\x12\x15\n\rminAgeSeconds\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x66terPatientId\x18\x02 \x01(\t\x12\x10\n\x08pageSize\x18\x03 \x01(\r\"0\n\x1aListActiveAccountsResponse\x12\x12\n\npatientIds\x18\x01 \x03(\t2\xcb\x02\n\x0e\x42illingService\x12\x39\n\x14\x43reateBillingAccount\x12\x0f.BillingRequest\x1a\x10.BillingResponse\x12j\n\x11GetBillingAccount\x12\x19.GetBillingAccountRequest\x1a\x0f.BillingAccount\")\x82\xd3\xe4\x93\x02#\x12!/api/billing/accounts/{patientId}\x12\x43\n\x13\x43loseBillingAccount\x12\x1b.CloseBillingAccountRequest\x1a\x0f.BillingAccount\x12M\n\x12ListActiveAccounts\x12\x1a.ListActiveAccountsRequest\x1a\x1b.ListActiveAccountsResponseB\x0b\n\x07\x62illingP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLOSEBILLINGACCOUNTREQUEST']._serialized_end=287
   _globals['_BILLINGACCOUNT']._serialized_start=290
   _globals['_BILLINGACCOUNT']._serialized_end=426
-  _globals['_BILLINGSERVICE']._serialized_start=429
-  _globals['_BILLINGSERVICE']._serialized_end=681
+  _globals['_LISTACTIVEACCOUNTSREQUEST']._serialized_start=428
+  _globals['_LISTACTIVEACCOUNTSREQUEST']._serialized_end=520
+  _globals['_LISTACTIVEACCOUNTSRESPONSE']._serialized_start=522
+  _globals['_LISTACTIVEACCOUNTSRESPONSE']._serialized_end=570
+  _globals['_BILLINGSERVICE']._serialized_start=573
+  _globals['_BILLINGSERVICE']._serialized_end=904
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,8 @@
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -52,3 +54,19 @@ class BillingAccount(_message.Message):
     createdAt: str
     closedAt: str
     def __init__(self, accountId: _Optional[str] = ..., patientId: _Optional[str] = ..., status: _Optional[str] = ..., name: _Optional[str] = ..., email: _Optional[str] = ..., createdAt: _Optional[str] = ..., closedAt: _Optional[str] = ...) -> None: ...
+
+class ListActiveAccountsRequest(_message.Message):
+    __slots__ = ("minAgeSeconds", "afterPatientId", "pageSize")
+    MINAGESECONDS_FIELD_NUMBER: _ClassVar[int]
+    AFTERPATIENTID_FIELD_NUMBER: _ClassVar[int]
+    PAGESIZE_FIELD_NUMBER: _ClassVar[int]
+    minAgeSeconds: int
+    afterPatientId: str
+    pageSize: int
+    def __init__(self, minAgeSeconds: _Optional[int] = ..., afterPatientId: _Optional[str] = ..., pageSize: _Optional[int] = ...) -> None: ...
+
+class ListActiveAccountsResponse(_message.Message):
+    __slots__ = ("patientIds",)
+    PATIENTIDS_FIELD_NUMBER: _ClassVar[int]
+    patientIds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, patientIds: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class BillingServiceStub:
                 request_serializer=pms__common_dot_protos_dot_billing__service__pb2.CloseBillingAccountRequest.SerializeToString,
                 response_deserializer=pms__common_dot_protos_dot_billing__service__pb2.BillingAccount.FromString,
                 _registered_method=True)
+        self.ListActiveAccounts = channel.unary_unary(
+                '/BillingService/ListActiveAccounts',
+                request_serializer=pms__common_dot_protos_dot_billing__service__pb2.ListActiveAccountsRequest.SerializeToString,
+                response_deserializer=pms__common_dot_protos_dot_billing__service__pb2.ListActiveAccountsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -77,6 +82,15 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActiveAccounts(self, request, context):
+        """The patients whose accounts are ACTIVE and were opened at least
+        minAgeSeconds ago by billing's clock, in patientId order, one page at a
+        time: the patient service closes those no patient has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.CloseBillingAccount,
                     request_deserializer=pms__common_dot_protos_dot_billing__service__pb2.CloseBillingAccountRequest.FromString,
                     response_serializer=pms__common_dot_protos_dot_billing__service__pb2.BillingAccount.SerializeToString,
+            ),
+            'ListActiveAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActiveAccounts,
+                    request_deserializer=pms__common_dot_protos_dot_billing__service__pb2.ListActiveAccountsRequest.FromString,
+                    response_serializer=pms__common_dot_protos_dot_billing__service__pb2.ListActiveAccountsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +196,33 @@ class BillingService:
             '/BillingService/CloseBillingAccount',
             pms__common_dot_protos_dot_billing__service__pb2.CloseBillingAccountRequest.SerializeToString,
             pms__common_dot_protos_dot_billing__service__pb2.BillingAccount.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActiveAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/BillingService/ListActiveAccounts',
+            pms__common_dot_protos_dot_billing__service__pb2.ListActiveAccountsRequest.SerializeToString,
+            pms__common_dot_protos_dot_billing__service__pb2.ListActiveAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ The virtual import path `pms_common/protos=proto` makes the generated modules
 import each other as `pms_common.protos.*` without touching the .proto files,
 so their wire names (no package for BillingService) stay the Java original's.
 """
+
 import argparse
 import os
 import sys
@@ -29,9 +30,14 @@ def generate(out_dir: Path) -> None:
         f"-I{Path(google.api.__path__[0]).parent.parent}",
         f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
     ]
-    args = ["protoc", *include_dirs,
-            f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}",
-            *(str(p) for p in proto_files())]
+    args = [
+        "protoc",
+        *include_dirs,
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *(str(p) for p in proto_files()),
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed: " + " ".join(args))
 

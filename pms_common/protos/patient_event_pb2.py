@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pms_common/protos/patient_event.proto\x12\x0epatient.events\"\xba\x01\n\x0cPatientEvent\x12\x11\n\tpatientId\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x13\n\x0boccurred_at\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x15\n\rdate_of_birth\x18\x08 \x01(\t\x12\x17\n\x0fregistered_date\x18\t \x01(\tB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pms_common/protos/patient_event.proto\x12\x0epatient.events\"\xe7\x01\n\x0cPatientEvent\x12\x11\n\tpatientId\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x13\n\x0boccurred_at\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x15\n\rdate_of_birth\x18\x08 \x01(\t\x12\x17\n\x0fregistered_date\x18\t \x01(\t\x12+\n\x05\x61udit\x18\x10 \x01(\x0b\x32\x1c.patient.events.AuditContext\"{\n\x0c\x41uditContext\x12\x13\n\x0b\x61\x63tor_email\x18\x01 \x01(\t\x12\x12\n\nactor_role\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x04 \x01(\t\x12\x16\n\x0e\x63hanged_fields\x18\x05 \x03(\tB\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
   _globals['_PATIENTEVENT']._serialized_start=58
-  _globals['_PATIENTEVENT']._serialized_end=244
+  _globals['_PATIENTEVENT']._serialized_end=289
+  _globals['_AUDITCONTEXT']._serialized_start=291
+  _globals['_AUDITCONTEXT']._serialized_end=414
 # @@protoc_insertion_point(module_scope)

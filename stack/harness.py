@@ -1,47 +1,35 @@
-"""The whole system started exactly as `make run` starts it, on free ports,
+"""The test harness: the whole system started exactly as `make run` starts it, on free ports,
 for the end-to-end tests and the benchmarks."""
+
 import os
-import random
 import signal
-import socket
-import subprocess
+
+# Starts the system under test.
+import subprocess  # nosec B404
 import sys
 import threading
 import time
 
 import requests
 
-from .parts import PORTS, ROOT
-from .run import die_with_parent
+from pms_common.config import DEV_USER_EMAIL, DEV_USER_PASSWORD, LOOPBACK, PARTS, process_environment
+from pms_common.lifeline import die_with_parent
 
-DEV_LOGIN = {"email": "testuser@test.com", "password": "password123"}
-DATABASE_VARIABLES = ("DATABASE_URL", "PATIENT_DATABASE_URL", "AUTH_DATABASE_URL",
-                      "BILLING_DATABASE_URL", "ANALYTICS_DATABASE_URL")
+from .config import free_port as free_port  # the tests take theirs from here
+from .config import free_ports
+from .parts import ROOT
 
-
-def ephemeral_ports_start(range_file="/proc/sys/net/ipv4/ip_local_port_range"):
-    try:
-        with open(range_file) as ports:
-            return int(ports.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def free_port():
-    """A port nothing listens on, for a server started next. Taken below the
-    kernel's ephemeral range: a port the kernel hands out for port 0 can be
-    taken by any outgoing connection before the server binds it (a part of
-    the system once failed to start so), one below that range cannot."""
-    start = ephemeral_ports_start()
-    for _ in range(200):
-        port = random.randrange(max(1024, start - 12000), start)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use: another
-            return port
-    raise OSError("no free port below the ephemeral range")
+DEV_LOGIN = {"email": DEV_USER_EMAIL, "password": DEV_USER_PASSWORD}
+DATABASE_VARIABLES = (
+    "DATABASE_URL",
+    "PATIENT_DATABASE_URL",
+    "AUTH_DATABASE_URL",
+    "BILLING_DATABASE_URL",
+    "ANALYTICS_DATABASE_URL",
+    "AUDIT_DATABASE_URL",
+    # Not a database, but the audit trail's input: a test system writes its own.
+    "AUDIT_LOG_PATH",
+)
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
@@ -56,33 +44,49 @@ def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
         except Exception as exc:  # retried until the deadline
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                         + (f" (last error: {last_error!r})" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {message}"
+        + (f" (last error: {last_error!r})" if last_error else "")
+    )
 
 
 class RunningSystem:
     """`python -m stack` in a folder of its own; `extra_env` adds settings
-    (a DATABASE_URL, say). Output lines are kept for the caller to read."""
+    (a DATABASE_URL, say); `copies` runs several copies of parts (part name →
+    count, stack's PMS_COPIES). Output lines are kept for the caller to read."""
 
-    def __init__(self, work_dir, extra_env=None, cwd=ROOT, python=sys.executable):
-        self.ports = {name: free_port() for name in PORTS}
-        self.env = {**os.environ, **{k: str(v) for k, v in self.ports.items()},
-                    "PMS_RUN_DIR": str(work_dir / "run"), "PMS_DATA_DIR": str(work_dir / "data")}
+    def __init__(self, work_dir, extra_env=None, cwd=ROOT, python=sys.executable, copies=None):
+        self.ports = free_ports(address.port_setting for address in PARTS.values())
+        self.env = {
+            **process_environment(),
+            **{k: str(v) for k, v in self.ports.items()},
+            "PMS_RUN_DIR": str(work_dir / "run"),
+            "PMS_DATA_DIR": str(work_dir / "data"),
+        }
         for key in DATABASE_VARIABLES:
             self.env.pop(key, None)
         self.env.update(extra_env or {})
-        self.url = f"http://127.0.0.1:{self.ports['GATEWAY_PORT']}"
+        if copies:
+            self.env["PMS_COPIES"] = ",".join(f"{name}={count}" for name, count in copies.items())
+        self.url = f"http://{LOOPBACK}:{self.ports['GATEWAY_PORT']}"
         self.cwd = cwd
         self.python = python
         self.output = []
         self.process = None
 
     def start(self, timeout=240, command=None):
-        self.process = subprocess.Popen(command or [self.python, "-m", "stack"], cwd=self.cwd,
-                                        env=self.env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                        # A test run or a benchmark that is killed takes the system with it.
-                                        preexec_fn=die_with_parent)
+        # Our own command, no shell.
+        self.process = subprocess.Popen(
+            command or [self.python, "-m", "stack"],
+            cwd=self.cwd,  # nosec B603
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            # A test run or a benchmark that is killed takes the system with it.
+            preexec_fn=die_with_parent,
+        )
         ready = threading.Event()
 
         def read():
@@ -113,10 +117,13 @@ class RunningSystem:
 
     def token(self, credentials=DEV_LOGIN):
         """Logs in; waits out a login throttle that another caller provoked."""
+
         def login():
             response = requests.post(f"{self.url}/auth/login", json=credentials, timeout=10)
-            assert response.status_code in (200, 429), response.text
+            if response.status_code not in (200, 429):
+                raise AssertionError(f"login answered {response.status_code}: {response.text}")
             return response.json()["token"] if response.status_code == 200 else None
+
         return wait_for(login, timeout=30, interval=0.5, message="a login")
 
     def session(self, token=None):

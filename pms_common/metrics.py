@@ -1,0 +1,229 @@
+"""Prometheus metrics of every part, in prometheus_client's multiprocess mode.
+
+Every process of a part writes its samples to files in the part's own folder
+(`metrics_dir`: <PMS_DATA_DIR>/metrics/<part>, emptied when the part starts),
+and whatever serves them reads the whole folder: gunicorn's workers add up
+(`init_http_metrics` adds GET /metrics to every web part; `pms_common.serve`
+chooses the folder before the app is built), and a part without HTTP serves
+the same on a metrics port of its own (`start_part_metrics`). A part's own
+figures are made on first use, after the folder was chosen:
+
+    start_part_metrics(config.DATA_DIR, "billing", config.BIND_HOST, config.METRICS_PORT)
+    counter("pms_billing_accounts_opened_total", "Billing accounts opened").inc()
+
+PMS_METRICS=off turns every figure into a no-op and serves none (what
+`bench.experiments.observability_cost` compares against).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+from .config import env_bool, env_str, set_for_libraries
+
+log = logging.getLogger(__name__)
+METRICS_FOLDER = "metrics"
+# prometheus_client and prometheus-flask-exporter read this variable to find the folder.
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+PRIVATE_DIR_MODE = 0o700
+_switch_lock = threading.Lock()
+
+
+def metrics_dir(data_dir: str | Path, part: str, copy: int = 1) -> Path:
+    """The folder the processes of `part` write their samples to (of its
+    `copy`-th copy when several run, `<part>-<copy>` as the launcher names it:
+    each copy empties its own at start)."""
+    return Path(data_dir).resolve() / METRICS_FOLDER / (part if copy == 1 else f"{part}-{copy}")
+
+
+def use_multiprocess(directory: str | Path, *, empty: bool = True) -> Path:
+    """From now on every metric this process makes writes to `directory`
+    (emptied first unless told otherwise: a restarted part counts from zero).
+    Call it before any metric is made: one made earlier stays in memory."""
+    folder = Path(directory)
+    with _switch_lock:
+        if empty:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        set_for_libraries(MULTIPROC_VARIABLE, str(folder))
+        # The value class is chosen when prometheus_client is imported; every
+        # metric made after this swap writes to the folder.
+        values.ValueClass = values.MultiProcessValue()
+    return folder
+
+
+def multiprocess_dir() -> Path | None:
+    """The folder this process writes its samples to; None while in memory."""
+    folder = env_str(MULTIPROC_VARIABLE)
+    return Path(folder) if folder else None
+
+
+class FolderCollector(Collector):
+    """The samples of a folder written by other processes (another part's,
+    say); nothing while the folder does not exist yet."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = str(folder)
+
+    def collect(self) -> Iterable[Metric]:
+        if not os.path.isdir(self.folder):
+            return []
+        return MultiProcessCollector(None, path=self.folder).collect()
+
+
+def scrape(folders: Sequence[str | Path], collectors: Iterable[Collector] = ()) -> bytes:
+    """The text exposition of every sample in `folders` plus `collectors`."""
+    registry = CollectorRegistry(auto_describe=False)
+    for folder in folders:
+        registry.register(FolderCollector(folder))
+    for collector in collectors:
+        registry.register(collector)
+    return generate_latest(registry)
+
+
+def serve_metrics(host: str, port: int, folders: Sequence[str | Path]) -> Any:
+    """GET /metrics on host:port (a thread): the samples of `folders`; none while metrics are off."""
+    if not metrics_enabled():
+        return None
+    registry = CollectorRegistry(auto_describe=False)
+    for folder in folders:
+        registry.register(FolderCollector(folder))
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        # The part's work matters more than its figures: it goes on, unscraped, and says why.
+        log.error(
+            "metrics not served: the metrics port cannot be bound",
+            extra={"host": host, "port": port, "error": error.strerror or str(error)},
+        )
+        return None
+    return server
+
+
+def worker_exited(pid: int) -> None:
+    """A gunicorn worker is gone: its live gauges stop counting."""
+    if multiprocess_dir() is not None:
+        mark_process_dead(pid)
+
+
+_made: dict[tuple[Any, ...], Any] = {}
+
+
+class _Uncounted:
+    """What a metric is while metrics are off: every call does nothing."""
+
+    def labels(self, *_values: str, **_labels: str) -> _Uncounted:
+        return self
+
+    def inc(self, _amount: float = 1) -> None: ...
+
+    def set(self, _value: float) -> None: ...
+
+    def observe(self, _value: float) -> None: ...
+
+
+UNCOUNTED = _Uncounted()
+
+
+@functools.cache
+def metrics_enabled() -> bool:
+    """PMS_METRICS (on by default); off, the parts count nothing and serve no
+    metrics, which is how `make bench` measures what they cost."""
+    return env_bool("PMS_METRICS", True)
+
+
+def _made_once(kind: type, name: str, documentation: str, labels: tuple[str, ...], **options: Any) -> Any:
+    """The process's metric of this name, made on first use for the folder in
+    use (not registered: the folder is what is served)."""
+    if not metrics_enabled():
+        return UNCOUNTED
+    key = (kind, name, multiprocess_dir())
+    made = _made.get(key)
+    if made is None:
+        with _switch_lock:
+            made = _made.get(key)
+            if made is None:
+                made = _made[key] = kind(name, documentation, labels, registry=None, **options)
+    return made
+
+
+def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+    return _made_once(Counter, name, documentation, labels)
+
+
+def gauge(name: str, documentation: str, labels: tuple[str, ...] = (), mode: str = "mostrecent") -> Gauge:
+    """`mode` says how the values of several processes combine."""
+    return _made_once(Gauge, name, documentation, labels, multiprocess_mode=mode)
+
+
+def histogram(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Histogram:
+    return _made_once(Histogram, name, documentation, labels)
+
+
+def start_part_metrics(data_dir: str | Path, part: str, host: str, port: int | None, copy: int = 1) -> Path:
+    """A part without HTTP: its samples in its own folder, served on `port` (if given)."""
+    folder = use_multiprocess(metrics_dir(data_dir, part, copy))
+    if port is not None:
+        serve_metrics(host, port, [folder])
+    return folder
+
+
+# Paths whose requests are not counted: the probes and the scrape itself.
+UNCOUNTED_PATHS = ("/health", "/metrics")
+UNMATCHED = "<unmatched>"
+
+
+def path(request: Any) -> str:
+    """A request's `path` label: its route's template, never the path itself
+    (which holds ids); one value for every path no route matched."""
+    return str(request.url_rule) if request.url_rule is not None else UNMATCHED
+
+
+def init_http_metrics(
+    app: Any, collectors: Iterable[Collector] = (), folders: Iterable[str | Path] = ()
+) -> None:
+    """Request counts and latency per route template and status
+    (prometheus-flask-exporter: flask_http_request_total,
+    flask_http_request_duration_seconds), and GET /metrics serving them with
+    the part's `collectors` (figures computed at scrape time) and the samples
+    of other processes' `folders`. /metrics is on the part's own port only:
+    the gateway has no route to it."""
+    if not metrics_enabled():
+        return
+    from flask import Response
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    app_registry = CollectorRegistry(auto_describe=False)
+    exporter = PrometheusMetrics(
+        app=None,
+        path=None,
+        registry=app_registry,
+        group_by=path,
+        excluded_paths=[f"^{uncounted}" for uncounted in UNCOUNTED_PATHS],
+    )
+    exporter.init_app(app)
+    extra_collectors, extra_folders = list(collectors), list(folders)
+
+    @exporter.do_not_track()
+    def metrics() -> Response:
+        own = multiprocess_dir()
+        if own is None:  # in memory (a test's app): this app's registry
+            body = generate_latest(app_registry) + scrape(extra_folders, extra_collectors)
+        else:
+            body = scrape([own, *extra_folders], extra_collectors)
+        return Response(body, content_type=CONTENT_TYPE_LATEST)
+
+    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])

@@ -1,0 +1,349 @@
+"""OpenTelemetry traces (W3C `traceparent`), exported over OTLP when
+OTEL_EXPORTER_OTLP_ENDPOINT is set; without it nothing here loads the SDK and
+every function is a no-op.
+
+The instrumentation packages make the spans: Flask (`instrument_web_app`),
+SQLAlchemy (its engines), gRPC (client channels made after `start_tracing`,
+server interceptors of the kit's frames) and confluent-kafka (the outbox
+relay's producer). Only the outbox hop is carried by hand: the request's
+context is written into the outbox row with the change (`current_traceparent`),
+the relay publishes the event inside it (`continued_from`) so the producer
+span and the Kafka `traceparent` header belong to the request's trace, and a
+consumer continues it (`consumer_spans`).
+
+Which traces are kept is the gateway's decision: Envoy starts each trace at
+the ratio OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG name, and with a
+parent-based sampler (the default) a part only continues the traces whose
+parent is sampled, never starting one of its own (`part_sampler`): its
+background work (the relay's polling, probes, a consumer's bookkeeping)
+would otherwise make a trace of its own at that ratio. Under that rule a
+request or an event whose trace is not sampled records nothing, so it skips
+the instrumentations altogether (`follows_the_gateway`): their attributes,
+wrappers and per-statement spans cost as much as a sampled request's
+(bench/README.md), for nothing; its log lines still carry its trace id.
+Another sampler (`always_on`, say, to trace a service called directly) is
+the SDK's as set, and every request goes through the instrumentations.
+The SDK reads the rest of its settings from the environment itself:
+OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_* (where and how to export). A process sets its provider
+once; a gunicorn web part does it in each worker (`start_tracing` after the
+fork), since the exporter's thread and channel do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from . import logs
+from .config import env_str
+
+log = logging.getLogger(__name__)
+ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
+SAMPLER_VARIABLE = "OTEL_TRACES_SAMPLER"
+TRACEPARENT = "traceparent"
+_started: list[str] = []
+
+
+def tracing_configured() -> bool:
+    """Whether traces are exported (OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    return bool(env_str(ENDPOINT_VARIABLE))
+
+
+def tracing_started() -> bool:
+    return bool(_started)
+
+
+def start_tracing(service: str) -> bool:
+    """Sets this process's tracer provider (OTLP over gRPC, batched) and
+    instruments gRPC clients, when tracing is configured; False when not."""
+    if _started:
+        return True
+    if not tracing_configured():
+        return False
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}), sampler=part_sampler())
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    GrpcInstrumentorClient().instrument()
+    logs.trace_id_source = current_trace_id
+    _started.append(service)
+    log.info("tracing started", extra={"endpoint": env_str(ENDPOINT_VARIABLE)})
+    return True
+
+
+def follows_the_gateway() -> bool:
+    """Whether this part records only the traces a sampled parent started (a
+    parent-based OTEL_TRACES_SAMPLER, or none)."""
+    return (env_str(SAMPLER_VARIABLE) or "parentbased_").startswith("parentbased_")
+
+
+def part_sampler() -> Any:
+    """A part's sampler: when it follows the gateway, the parent's decision
+    and no trace started here; else None (the SDK's own from the environment)."""
+    if not follows_the_gateway():
+        return None
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    return ParentBased(root=ALWAYS_OFF)
+
+
+def parsed_traceparent(traceparent: str | None) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, flags) of a W3C traceparent
+    (version-trace-parent-flags); None when it is not one."""
+    fields = (traceparent or "").strip().split("-")
+    if len(fields) < 4 or [len(field) for field in fields[1:4]] != [32, 16, 2]:
+        return None
+    try:
+        trace_id, span_id, flags = (int(field, 16) for field in fields[1:4])
+    except ValueError:
+        return None
+    return (trace_id, span_id, flags) if trace_id and span_id else None
+
+
+def sampled(traceparent: str | None) -> bool:
+    """Whether a W3C traceparent marks its trace sampled."""
+    parsed = parsed_traceparent(traceparent)
+    return parsed is not None and parsed[2] & 1 == 1
+
+
+@contextlib.contextmanager
+def untraced(traceparent: str | None) -> Iterator[None]:
+    """Runs the block with the instrumentations off, inside the (unsampled)
+    trace the traceparent names, if any, so that log lines carry its id."""
+    from opentelemetry import context, trace
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    parsed, token = parsed_traceparent(traceparent), None
+    if parsed is not None:
+        trace_id, span_id, flags = parsed
+        parent = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags))
+        token = context.attach(trace.set_span_in_context(trace.NonRecordingSpan(parent)))
+    try:
+        with suppress_instrumentation():
+            yield
+    finally:
+        if token is not None:
+            context.detach(token)
+
+
+def stop_tracing() -> None:
+    """Sends the spans still queued (at a clean stop)."""
+    if not _started:
+        return
+    from opentelemetry import trace
+
+    shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def current_trace_id() -> str | None:
+    """The active span's trace id (32 hex digits); None outside a span."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def instrument_web_app(app: Any, engines: Iterable[Any]) -> None:
+    """Spans for the app's requests and its database statements, when
+    tracing is configured. Made before gunicorn forks: the spans start once
+    the worker's provider is set (the tracers are proxies until then)."""
+    if not tracing_configured():
+        return
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    FlaskInstrumentor.instrument_app(app, excluded_urls="health,metrics")
+    instrument_engines(engines)
+    if follows_the_gateway():
+        _instrument_only_sampled_requests(app)
+
+
+TRACED_REQUEST = "pms.traced"  # in a request's WSGI environ: it goes through the instrumentations
+
+
+def _instrument_only_sampled_requests(app: Any) -> None:
+    """Sends a request whose trace is sampled through the Flask
+    instrumentation, and any other to the app as it was before it, untraced.
+    The instrumentation's own hooks (which its uninstrument_app finds as
+    these attributes) run only for the former, in their places."""
+    from flask import request
+
+    traced_app, plain_app = app.wsgi_app, app._original_wsgi_app
+    start_span, end_span = app._before_request, app._teardown_request
+
+    def wsgi_app(wsgi_environ: dict[str, Any], start_response: Any) -> Any:
+        traceparent = wsgi_environ.get("HTTP_TRACEPARENT")
+        if sampled(traceparent):
+            wsgi_environ[TRACED_REQUEST] = True
+            return traced_app(wsgi_environ, start_response)
+        with untraced(traceparent):
+            return plain_app(wsgi_environ, start_response)
+
+    def start_span_if_traced() -> None:
+        if request.environ.get(TRACED_REQUEST):
+            start_span()
+
+    def end_span_if_traced(error: BaseException | None) -> None:
+        if request.environ.get(TRACED_REQUEST):
+            end_span(error)
+
+    before, teardown = app.before_request_funcs[None], app.teardown_request_funcs[None]
+    before[before.index(start_span)] = start_span_if_traced
+    teardown[teardown.index(end_span)] = end_span_if_traced
+    app.wsgi_app = wsgi_app
+
+
+def instrument_engines(engines: Iterable[Any]) -> None:
+    """Spans for every statement of these SQLAlchemy engines, when tracing is configured."""
+    if not tracing_configured():
+        return
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    engines = list(engines)
+    if engines:
+        # Its declared range stops below SQLAlchemy 2.1, whose engine events it uses unchanged.
+        SQLAlchemyInstrumentor().instrument(engines=engines, enable_commenter=False, skip_dep_check=True)
+
+
+def server_interceptors(asynchronous: bool = False) -> list[Any]:
+    """The gRPC server interceptors that continue the caller's trace; none
+    when tracing is not configured."""
+    if not tracing_configured():
+        return []
+    from opentelemetry.instrumentation import grpc as otel_grpc
+
+    if asynchronous:
+        return [otel_grpc.aio_server_interceptor()]
+    interceptor = otel_grpc.server_interceptor()
+    return [_sampled_calls_only(interceptor)] if follows_the_gateway() else [interceptor]
+
+
+def _sampled_calls_only(interceptor: Any) -> Any:
+    """An interceptor that hands a call whose trace is sampled to
+    `interceptor` (OpenTelemetry's) and runs any other unary call untraced."""
+    import grpc
+
+    class SampledCallsOnly(grpc.ServerInterceptor):
+        def intercept_service(self, continuation: Any, details: Any) -> Any:
+            traceparent = dict(details.invocation_metadata or ()).get(TRACEPARENT)
+            if sampled(traceparent):
+                return interceptor.intercept_service(continuation, details)
+            handler = continuation(details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            behaviour = handler.unary_unary
+
+            def untraced_behaviour(request: Any, context: Any) -> Any:
+                with untraced(traceparent):
+                    return behaviour(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                untraced_behaviour,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+    return SampledCallsOnly()
+
+
+def traced_producer(producer: Any) -> Any:
+    """The producer, with a span per produce() and `traceparent` in the
+    message's headers, when tracing has started."""
+    if not _started:
+        return producer
+    from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
+
+    return ConfluentKafkaInstrumentor.instrument_producer(producer)
+
+
+def current_traceparent() -> str | None:
+    """The active span's W3C traceparent, to store beside an outbox event; None outside a span."""
+    if not _started:
+        return None
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get(TRACEPARENT)
+
+
+@contextlib.contextmanager
+def continued_from(traceparent: str | None) -> Iterator[None]:
+    """Runs the block inside the trace a stored traceparent names (as is
+    when tracing has not started or there is none)."""
+    if not _started or not traceparent:
+        yield
+        return
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract({TRACEPARENT: traceparent}))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+def header_traceparent(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:
+    """The `traceparent` of a Kafka message's headers, if any."""
+    for key, value in headers or ():
+        if key == TRACEPARENT and value:
+            return value.decode("latin-1")
+    return None
+
+
+@contextlib.contextmanager
+def consumer_spans(topic: str, group: str, messages: Iterable[Any]) -> Iterator[None]:
+    """A CONSUMER span per message that carries a traceparent (a sampled one
+    when the part follows the gateway), continuing its trace, open while the
+    block handles them (one batch, one transaction)."""
+    if not _started:
+        yield
+        return
+    from opentelemetry import propagate, trace
+
+    tracer = trace.get_tracer(__name__)
+    spans = []
+    only_sampled = follows_the_gateway()
+    for message in messages:
+        traceparent = header_traceparent(message.headers())
+        if traceparent is None or (only_sampled and not sampled(traceparent)):
+            continue
+        spans.append(
+            tracer.start_span(
+                f"{topic} process",
+                context=propagate.extract({TRACEPARENT: traceparent}),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": topic,
+                    "messaging.consumer.group.name": group,
+                    "messaging.operation.type": "process",
+                    "messaging.kafka.offset": message.offset(),
+                    "messaging.destination.partition.id": str(message.partition()),
+                },
+            )
+        )
+    try:
+        with contextlib.ExitStack() as stack:
+            if spans:
+                stack.enter_context(trace.use_span(spans[0], end_on_exit=False))
+            elif only_sampled:
+                stack.enter_context(untraced(None))  # no sampled event in the batch: nothing to record
+            yield
+    except BaseException as error:
+        for span in spans:
+            span.record_exception(error)
+            span.set_status(trace.StatusCode.ERROR)
+        raise
+    finally:
+        for span in spans:
+            span.end()

@@ -1,0 +1,168 @@
+"""Which spans a part records: the gateway decides which traces are kept, a
+part follows its parent's decision and starts no trace of its own."""
+
+import json
+import os
+import subprocess
+import sys
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from pms_common.telemetry import SAMPLER_VARIABLE, part_sampler, sampled
+from stack.config import ROOT
+
+
+def parent(sampled):
+    context = SpanContext(
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        span_id=0x00F067AA0BA902B7,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(context))
+
+
+def tracer():
+    return TracerProvider(sampler=part_sampler()).get_tracer("test")
+
+
+def test_a_part_records_only_what_a_sampled_parent_started(monkeypatch):
+    for setting in (None, "parentbased_traceidratio", "parentbased_always_on"):
+        if setting is None:
+            monkeypatch.delenv(SAMPLER_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(SAMPLER_VARIABLE, setting)
+        spans = tracer()
+        assert spans.start_span("request", context=parent(sampled=True)).is_recording()
+        assert not spans.start_span("request", context=parent(sampled=False)).is_recording()
+        # Background work (a relay's poll, a probe) with no trace around it: not a trace of its own.
+        assert not spans.start_span("SELECT outbox").is_recording()
+
+
+def test_a_sampler_that_is_not_parent_based_is_the_sdks(monkeypatch):
+    monkeypatch.setenv(SAMPLER_VARIABLE, "always_on")
+    assert part_sampler() is None
+    assert tracer().start_span("a service called directly").is_recording()
+
+
+def test_a_traceparent_says_whether_its_trace_is_sampled():
+    assert sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    assert sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03")
+    assert not sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+    for malformed in (None, "", "00-abc", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz"):
+        assert not sampled(malformed)
+
+
+# Run in a process of its own: a tracer provider is set once per process.
+WEB_AND_CONSUMER = """
+import json
+import sqlalchemy as sa
+from flask import Flask
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pms_common import telemetry
+
+spans = InMemorySpanExporter()
+provider = TracerProvider(sampler=telemetry.part_sampler())
+provider.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(provider)
+engine = sa.create_engine("sqlite://")
+app = Flask("probe")
+seen = {}
+
+@app.get("/patients/<name>")
+def read(name):
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+    seen[name] = (telemetry.current_trace_id(), is_instrumentation_enabled())
+    return {"ok": True}
+
+telemetry.instrument_web_app(app, [engine])
+client = app.test_client()
+sampled, unsampled = ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0" + flag for flag in "10")
+client.get("/patients/sampled", headers={"traceparent": sampled})
+client.get("/patients/unsampled", headers={"traceparent": unsampled})
+client.get("/patients/none")
+web = [(span.name, format(span.context.trace_id, "032x")) for span in spans.get_finished_spans()]
+spans.clear()
+
+class Message:
+    def __init__(self, traceparent):
+        self._headers = [("traceparent", traceparent.encode())]
+    def headers(self): return self._headers
+    def offset(self): return 7
+    def partition(self): return 0
+
+telemetry._started.append("probe")
+instrumented = []
+for batch in ([Message(unsampled)], [Message(sampled), Message(unsampled)]):
+    with telemetry.consumer_spans("patient", "analytics-service", batch):
+        instrumented.append(is_instrumentation_enabled())
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+consumer = [span.name for span in spans.get_finished_spans()]
+spans.clear()
+
+import grpc
+from concurrent import futures
+
+called = []
+
+def echo(request, context):
+    called.append([telemetry.current_trace_id(), is_instrumentation_enabled()])
+    return request
+
+handler = grpc.method_handlers_generic_handler(
+    "probe.Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)}
+)
+server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=telemetry.server_interceptors())
+server.add_generic_rpc_handlers([handler])
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    call = channel.unary_unary("/probe.Echo/Call")
+    for traceparent in (sampled, unsampled):
+        call(b"x", metadata=[("traceparent", traceparent)])
+server.stop(None)
+rpc = [span.name for span in spans.get_finished_spans()]
+print(json.dumps({"web": web, "seen": seen, "consumer": consumer, "instrumented": instrumented,
+                  "called": called, "rpc": rpc}))
+"""
+
+
+def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_SAMPLER": ""}
+    run = subprocess.run(
+        [sys.executable, "-c", WEB_AND_CONSUMER],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    # The sampled request: its server span, its connection's and its statement's, in the gateway's trace.
+    assert sorted(result["web"]) == [
+        ["GET /patients/<name>", trace_id],
+        ["SELECT", trace_id],
+        ["connect", trace_id],
+    ]
+    # The others skip the instrumentations; the unsampled one's log lines still carry its trace id.
+    assert result["seen"] == {
+        "sampled": [trace_id, True],
+        "unsampled": [trace_id, False],
+        "none": [None, False],
+    }
+    # A batch of unsampled events records nothing; with one sampled event, its span and the statement.
+    assert sorted(result["consumer"]) == ["SELECT", "connect", "patient process"]
+    assert result["instrumented"] == [False, True]
+    # A gRPC call likewise: the sampled one is a server span of its trace, the other runs untraced.
+    assert result["called"] == [[trace_id, True], [trace_id, False]]
+    assert result["rpc"] == ["/probe.Echo/Call"]
