@@ -1,16 +1,15 @@
 """`python -m gateway.ext_authz`: serve until SIGTERM."""
+
 import asyncio
 
-from pms_common.logs import configure_logging
+from pms_common.entry import run_main
 
 from . import serve
 from .config import Config
 
 
 def main():
-    config = Config()
-    configure_logging("ext_authz", config.LOG_LEVEL)
-    asyncio.run(serve(config))
+    run_main("ext_authz", Config, lambda config: asyncio.run(serve(config)))
 
 
 if __name__ == "__main__":

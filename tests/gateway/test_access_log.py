@@ -1,6 +1,7 @@
 """The gateway's per-request log lines follow LOG_LEVEL like every service's:
 all requests at INFO, only server errors (as ERROR lines) above it. Real
 Envoy with the rendered config, no services behind it."""
+
 import json
 import subprocess
 import time
@@ -19,15 +20,36 @@ def gateway(tmp_path):
 
     def start(log_level):
         ports = {"GATEWAY_PORT": free_port(), "ENVOY_ADMIN_PORT": free_port()}
-        config = render(tmp_path / log_level / "envoy.yaml",
-                        {"LOG_LEVEL": log_level, **{key: str(value) for key, value in ports.items()}})
-        process = subprocess.Popen([str(BIN / "envoy"), "-c", str(config), "--disable-hot-restart",
-                                    "--concurrency", "1", "--log-level", "error"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        config = render(
+            tmp_path / log_level / "envoy.yaml",
+            {
+                "LOG_LEVEL": log_level,
+                "PMS_DATA_DIR": str(tmp_path / log_level),  # the audit log's folder, this test's own
+                **{key: str(value) for key, value in ports.items()},
+            },
+        )
+        process = subprocess.Popen(
+            [
+                str(BIN / "envoy"),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "error",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         started.append(process)
         url = f"http://127.0.0.1:{ports['GATEWAY_PORT']}"
-        wait_for(lambda: requests.get(f"{url}/docs/", timeout=1).status_code == 200, timeout=30,
-                 message="envoy to listen")
+        wait_for(
+            lambda: requests.get(f"{url}/docs/", timeout=1).status_code == 200,
+            timeout=30,
+            message="envoy to listen",
+        )
         return process, url
 
     yield start

@@ -1,7 +1,15 @@
 """ext_authz on a real gRPC channel, asking a real auth service over HTTP."""
+
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,11 +18,13 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from werkzeug.serving import make_server
 
-from gateway.ext_authz import create_server, watch_auth
+from gateway.ext_authz import auth_probe, create_server
 from gateway.ext_authz.config import Config
 from gateway.ext_authz.service import ROUTE_METADATA
 from tests.auth.helpers import bearer, create_user, token_for
 from tests.support import free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class AuthServer:
@@ -39,10 +49,13 @@ class ExtAuthz:
     def __init__(self, config):
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.server, self.port, self.health, _ = self.run(create_server(config, "127.0.0.1:0"))
-        self.run(self.server.start())
-        self.watcher = asyncio.run_coroutine_threadsafe(watch_auth(config, self.health), self.loop)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.frame, _ = self.run(create_server(config, "127.0.0.1:0"))
+        self.run(self.frame.start())
+        self.run(self._follow(auth_probe(config)))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.frame.port}")
+
+    async def _follow(self, probe):
+        self.frame.follow(probe, interval=0.5)
 
     def run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
@@ -56,7 +69,8 @@ class ExtAuthz:
         request.attributes.request.http.path = "/api/patients"
         if required_role is not None:  # as the route's metadata names it
             request.attributes.route_metadata_context.filter_metadata[ROUTE_METADATA].update(
-                {"required_role": required_role})
+                {"required_role": required_role}
+            )
         return external_auth_pb2_grpc.AuthorizationStub(self.channel).Check(request, timeout=5)
 
     def serving(self):
@@ -64,9 +78,9 @@ class ExtAuthz:
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
     def close(self):
-        self.watcher.cancel()
+        self.loop.call_soon_threadsafe(self.frame.watcher.cancel)
         self.channel.close()
-        self.run(self.server.stop(0))
+        self.run(self.frame.server.stop(0))
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
@@ -105,7 +119,10 @@ def test_missing_or_bad_tokens_are_denied_with_401(authz, authorization):
 def test_a_user_token_on_an_admin_route_is_403(auth, authz):
     client = auth.app.test_client()
     admin = token_for(client)
-    assert create_user(client, "reader@example.com", **bearer(admin), **{"X-User-Role": "ADMIN"}).status_code == 201
+    assert (
+        create_user(client, "reader@example.com", **bearer(admin), **{"X-User-Role": "ADMIN"}).status_code
+        == 201
+    )
     user = token_for(client, "reader@example.com", "Correct-horse-42")
     assert authz.check(f"Bearer {user}", required_role="USER").status.code == code_pb2.OK
     denied = authz.check(f"Bearer {user}", required_role="ADMIN")
@@ -115,7 +132,10 @@ def test_a_user_token_on_an_admin_route_is_403(auth, authz):
 def test_a_route_that_names_no_role_needs_the_strictest(auth, authz):
     client = auth.app.test_client()
     admin = token_for(client)
-    assert create_user(client, "plain@example.com", **bearer(admin), **{"X-User-Role": "ADMIN"}).status_code == 201
+    assert (
+        create_user(client, "plain@example.com", **bearer(admin), **{"X-User-Role": "ADMIN"}).status_code
+        == 201
+    )
     user = token_for(client, "plain@example.com", "Correct-horse-42")
     assert authz.check(f"Bearer {user}", required_role=None).denied_response.status.code == 403
     assert authz.check(f"Bearer {admin}", required_role=None).status.code == code_pb2.OK
@@ -138,8 +158,11 @@ def test_a_revoked_token_is_refused_once_the_cache_bound_passes(auth, authz):
     assert authz.check(f"Bearer {token}").status.code == code_pb2.OK
     assert client.post("/logout", headers=bearer(token)).status_code == 204
     revoked_at = time.monotonic()
-    wait_for(lambda: authz.check(f"Bearer {token}").status.code == code_pb2.UNAUTHENTICATED, timeout=5,
-             message="the revoked token to be refused")
+    wait_for(
+        lambda: authz.check(f"Bearer {token}").status.code == code_pb2.UNAUTHENTICATED,
+        timeout=5,
+        message="the revoked token to be refused",
+    )
     assert time.monotonic() - revoked_at <= 1.5  # CACHE_SECONDS=0.5
 
 
@@ -154,3 +177,60 @@ def test_auth_down_fails_closed_and_health_follows(auth, authz):
     auth.start()
     wait_for(authz.serving, timeout=10, message="SERVING again")
     assert authz.check(f"Bearer {token}").status.code == code_pb2.OK
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument(authz):
+    check = authz.channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")  # raw bytes, unparsed
+    with pytest.raises(grpc.RpcError) as refused:
+        check(b"\xff\xff\xff not a CheckRequest", timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@contextmanager
+def ext_authz_process(env):
+    """`python -m gateway.ext_authz`, killed at the end if it is still running."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.ext_authz"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_main_serves_once_auth_answers_and_drains_on_sigterm(auth, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "EXT_AUTHZ_PORT": str(port),
+        "AUTH_HOST": "127.0.0.1",
+        "AUTH_PORT": str(auth.port),
+        "PMS_DATA_DIR": str(tmp_path),
+    }
+    request = health_pb2.HealthCheckRequest()
+    with ext_authz_process(env) as process, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def serving():
+            try:
+                return health.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:  # not listening yet
+                return False
+
+        wait_for(serving, timeout=30, message="ext_authz SERVING")
+        watch = health.Watch(request, timeout=20)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        stdout, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    messages = [json.loads(line)["message"] for line in stdout.splitlines()]
+    assert "signal received: draining" in messages and messages[-1] == "stopped"
