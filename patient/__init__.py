@@ -1,32 +1,34 @@
 """Patient service: patient records over REST, billing accounts over gRPC,
 change events through a transactional outbox."""
+
+from pathlib import Path
+
 from flask import Flask
 
-from pms_common.db import check_database
-from pms_common.web import api_spec_options, database_outage_is_503, health_blueprint, init_request_context
+from pms_common.web_app import create_web_app
 
-from .billing import BillingClient
+from .billing_client import BillingClient
 from .config import Config
 from .extensions import api, db, migrate
+from .fhir import blp as fhir_blp
+from .metrics import OutboxBacklogCollector
 from .resources import blp
 
-MIGRATIONS_DIR = __path__[0] + "/migrations"
+MIGRATIONS_DIR = str(Path(__file__).with_name("migrations"))
 
 
-def create_app(config=None):
-    app = Flask(__name__)
+def create_app(config: Config | None = None) -> Flask:
     config = config or Config()
-    config.ensure_data_dir()
-    app.config.from_object(config)
-    app.config["API_SPEC_OPTIONS"] = api_spec_options("/api")
-    app.json.sort_keys = False
-    db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS_DIR)
-    api.init_app(app)
-    api.register_blueprint(blp)
-    init_request_context(app)
-    database_outage_is_503(app, db)
-    app.register_blueprint(health_blueprint({"database": lambda: check_database(db.engine)}))
-    app.extensions["billing_client"] = BillingClient(config.BILLING_ADDRESS,
-                                                     config.BILLING_TIMEOUT_SECONDS)
+    app = create_web_app(
+        config,
+        import_name=__name__,
+        db=db,
+        migrate=migrate,
+        api=api,
+        migrations_dir=MIGRATIONS_DIR,
+        blueprints=[blp, fhir_blp],
+        gateway_prefix="/api",
+        metrics_collectors=[OutboxBacklogCollector(db)],
+    )
+    app.extensions["billing_client"] = BillingClient(config.BILLING_ADDRESS, config.BILLING_TIMEOUT_SECONDS)
     return app

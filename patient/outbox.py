@@ -5,44 +5,145 @@ inserts outbox_row() beside its own row), so both commit or neither does.
 OutboxRelay publishes unpublished rows in order and marks them
 published only after the broker acknowledged them: a broker that is down
 delays events, never loses them (delivery is at least once; consumers drop
-repeats by event id)."""
+repeats by event id). patient.worker runs it in a loop that waits out an
+outage of the database or the broker.
+
+Several copies of patient, each with its relay, may run on one database:
+only the relay that holds the lease publishes, and the others stand by,
+asking for it again every STANDBY_RETRY_SECONDS. On PostgreSQL the lease is
+a session advisory lock on a connection of its own, which PostgreSQL drops
+when the holder's process dies; on SQLite (one host) it is a lock on a file
+beside the database. One publisher at a time is what keeps one patient's
+events in order: per-row claims (FOR UPDATE SKIP LOCKED) would let a second
+relay send a patient's later event while the first still held the earlier
+one. The price is that one relay carries the whole outbox; a batch of many
+events per broker round trip is what makes that enough.
+
+The lease holds no transaction: rows are read, the transaction ends, and
+only then does the relay wait for the broker, so a broker that is down
+never blocks a writer. The cost is a window between the broker's
+acknowledgement and the commit that marks the rows: a relay that dies there
+leaves rows the topic already holds. Its successor (and the same relay after
+a batch the broker did not fully take) first reads the topic from just
+before the oldest unpublished row and marks what it finds instead of sending
+it again (mark_what_the_topic_holds). A duplicate remains possible only
+when a holder loses its database session while it lives with a batch in
+flight, and another relay takes the lease and sends that batch before the
+broker appended the first copy; consumers drop such a repeat by its event id."""
+
+import fcntl
 import logging
+import os
+import socket
+import time
 import uuid
+import zlib
+from datetime import timedelta
 
 import sqlalchemy as sa
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from flask import after_this_request, has_request_context, request
 
-from pms_common.db import padded_for_in
-from pms_common.events import PatientEvent
-from pms_common.kafka import producer_config
+from pms_common.db import autocommit_connection, create_engine, padded_for_in
+from pms_common.events import CREATED, DELETED, PatientEvent
+from pms_common.identity import ROLE_HEADER, USER_HEADER
+from pms_common.kafka import consumer_config, producer_config
+from pms_common.models import utcnow
+from pms_common.protos.patient_event_pb2 import AuditContext
+from pms_common.telemetry import (
+    TRACEPARENT,
+    continued_from,
+    current_traceparent,
+    traced_producer,
+    tracing_started,
+)
+from pms_common.worker import BROKER, PeerUnavailable
 
-from .config import AUTOCOMMIT_BIND
 from .extensions import db
-from .models import OutboxEvent, Patient, utcnow
+from .models import OutboxEvent, Patient
+from .schemas import PatientSchema
 
 log = logging.getLogger(__name__)
 
 
+# The response header naming the event a change wrote: the audit collector
+# leaves a 2xx change that has one to the event's entry (audit/collector.py).
+AUDIT_EVENT_HEADER = "X-Audit-Event"
+# Model attribute -> the field's name in the API, for the fields a client sets.
+_API_FIELD_NAMES = {
+    (field.attribute or name): (field.data_key or name)
+    for name, field in PatientSchema().fields.items()
+    if not field.dump_only
+}
+
+
+def changed_field_names(patient, event_type):
+    """The API names of the fields a change set (never their values): every
+    set field of a create, those whose value the session saw change in an
+    update, none for a delete."""
+    if event_type == DELETED:
+        return []
+    if event_type == CREATED:
+        return sorted(name for attr, name in _API_FIELD_NAMES.items() if getattr(patient, attr) is not None)
+    state = sa.inspect(patient)
+    return sorted(name for attr, name in _API_FIELD_NAMES.items() if state.attrs[attr].history.has_changes())
+
+
+def audit_context(patient, event_type, event_id):
+    """Who asked for the change, from the gateway's headers; None outside a
+    request (the dev seed). The response names the event, for the collector."""
+    if not has_request_context():
+        return None
+    headers = request.headers
+    forwarded = headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+
+    @after_this_request
+    def name_the_event(response):
+        response.headers[AUDIT_EVENT_HEADER] = str(event_id)
+        return response
+
+    return AuditContext(
+        actor_email=headers.get(USER_HEADER, ""),
+        actor_role=headers.get(ROLE_HEADER, ""),
+        request_id=headers.get("X-Request-Id", ""),
+        client_address=headers.get("X-Envoy-External-Address", "").strip() or forwarded,
+        changed_fields=changed_field_names(patient, event_type),
+    )
+
+
 def outbox_row(patient, event_type):
-    """The outbox row of an event about the patient as it is now."""
+    """The outbox row of an event about the patient as it is now, with the
+    request it came from (the audit trail's entry of the change)."""
     event_id = uuid.uuid4()
     occurred_at = utcnow()
     event = PatientEvent(
-        patientId=str(patient.id), name=patient.name, email=patient.email,
-        event_type=event_type, event_id=str(event_id),
+        audit=audit_context(patient, event_type, event_id),
+        patientId=str(patient.id),
+        name=patient.name,
+        email=patient.email,
+        event_type=event_type,
+        event_id=str(event_id),
         occurred_at=occurred_at.isoformat().replace("+00:00", "Z"),
-        address=patient.address, date_of_birth=patient.date_of_birth.isoformat(),
+        address=patient.address,
+        date_of_birth=patient.date_of_birth.isoformat(),
         registered_date=patient.registered_date.isoformat(),
     )
-    return {"event_id": event_id, "patient_id": patient.id, "event_type": event_type,
-            "payload": event.SerializeToString(), "created_at": occurred_at}
+    return {
+        "event_id": event_id,
+        "patient_id": patient.id,
+        "event_type": event_type,
+        "payload": event.SerializeToString(),
+        "created_at": occurred_at,
+        # The request's trace, continued where the event is published and consumed.
+        "trace_context": current_traceparent(),
+    }
 
 
 def _bound(table, prefix, columns):
     return {name: sa.bindparam(prefix + name, type_=table.c[name].type) for name in columns}
 
 
-_EVENT_COLUMNS = ("event_id", "patient_id", "event_type", "payload", "created_at")
+_EVENT_COLUMNS = ("event_id", "patient_id", "event_type", "payload", "created_at", "trace_context")
 # Built once (a statement object memoizes its cache key): the two INSERTs of
 # a create, and on PostgreSQL both in one statement, the patient's as a CTE.
 _INSERT_PATIENT = sa.insert(Patient.__table__)
@@ -50,21 +151,25 @@ _INSERT_EVENT = sa.insert(OutboxEvent.__table__)
 _INSERT_PATIENT_WITH_EVENT = (
     sa.insert(OutboxEvent.__table__)
     .values(_bound(OutboxEvent.__table__, "event_", _EVENT_COLUMNS))
-    .add_cte(sa.insert(Patient.__table__)
-             .values(_bound(Patient.__table__, "patient_", Patient.__table__.c.keys()))
-             .cte("new_patient")))
+    .add_cte(
+        sa.insert(Patient.__table__)
+        .values(_bound(Patient.__table__, "patient_", Patient.__table__.c.keys()))
+        .cte("new_patient")
+    )
+)
 
 
 def insert_with_event(patient_row, event_row):
     """Writes a new patient and its event atomically. On PostgreSQL that is
     one statement in autocommit: one round trip, not four (BEGIN, two
-    INSERTs, COMMIT); measured one client at a time, a create then cost the
-    database a fifth less CPU and this service about a seventh less. SQLite,
-    in process, has no round trips to save and no INSERT in a WITH clause."""
-    if AUTOCOMMIT_BIND in db.engines:  # PostgreSQL (config.Config)
-        params = {**{"patient_" + key: value for key, value in patient_row.items()},
-                  **{"event_" + key: event_row[key] for key in _EVENT_COLUMNS}}
-        with db.engines[AUTOCOMMIT_BIND].connect() as connection:
+    INSERTs, COMMIT; bench/README.md, "The create path"). SQLite, in process,
+    has no round trips to save and no INSERT in a WITH clause."""
+    if db.engine.dialect.name == "postgresql":
+        params = {
+            **{"patient_" + key: value for key, value in patient_row.items()},
+            **{"event_" + key: event_row[key] for key in _EVENT_COLUMNS},
+        }
+        with autocommit_connection(db) as connection:
             connection.execute(_INSERT_PATIENT_WITH_EVENT, params)
     else:
         with db.engine.begin() as connection:
@@ -77,46 +182,205 @@ def record_event(patient, event_type):
     db.session.add(OutboxEvent(**outbox_row(patient, event_type)))
 
 
+# One outbox, one publisher: every relay of this database asks for this
+# PostgreSQL advisory lock, and only its holder publishes.
+RELAY_LOCK_KEY = zlib.crc32(b"patient outbox relay")
+# How often a relay that does not hold the lease asks for it again: a holder
+# that died is replaced within about this long.
+STANDBY_RETRY_SECONDS = 1.0
+# A message's timestamp is the sending relay's clock, a row's created_at the
+# writer's: the look at what the topic already holds starts this much before
+# the oldest unpublished row, so that clocks that differ miss nothing.
+CLOCK_SKEW = timedelta(minutes=1)
+# The look at the topic reads partitions by assignment: it never joins this group or commits.
+TOPIC_CHECK_GROUP = "patient-outbox-relay-check"
+
+
+class PostgresLease:
+    """A session advisory lock on a connection of its own, outside the pool,
+    that holds no transaction. PostgreSQL keeps the lock until that session
+    ends: the holder released it, or its process died and the socket closed.
+    Its session is named in pg_stat_activity (`patient outbox relay host:pid`)."""
+
+    def __init__(self, url):
+        # Its one connection stays checked out while the lease is held.
+        self._engine = create_engine(url.render_as_string(hide_password=False), autocommit=True)
+        self._connection = None
+        self.held = False
+
+    def hold(self):
+        """Whether this relay holds the lease now: kept (its session still
+        answers) or taken now. Raises when the database does not answer; the
+        lease is then lost."""
+        try:
+            if self._connection is None:
+                self._connection = self._engine.connect()
+                self._connection.execute(
+                    sa.text("SELECT set_config('application_name', :name, false)"),
+                    {"name": f"patient outbox relay {socket.gethostname()}:{os.getpid()}"},
+                )
+            if self.held:
+                self._connection.execute(sa.text("SELECT 1"))
+            else:
+                self.held = bool(
+                    self._connection.scalar(
+                        sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK_KEY}
+                    )
+                )
+        except sa.exc.SQLAlchemyError:
+            self.release()
+            raise
+        return self.held
+
+    def release(self):
+        """Ends the session, and with it the lock."""
+        connection, self._connection, self.held = self._connection, None, False
+        if connection is not None:
+            try:
+                connection.close()
+            except sa.exc.SQLAlchemyError:  # already gone: so is the lock
+                pass
+
+    def dispose(self):
+        self.release()
+        self._engine.dispose()
+
+
+class FileLease:
+    """SQLite's lease: an exclusive lock on a file beside the database, which
+    the kernel drops when the holder's process dies. SQLite serves one host,
+    so every relay of it is on this one."""
+
+    def __init__(self, path):
+        self.path = path
+        self._descriptor = None
+        self.held = False
+
+    def hold(self):
+        if self.held:
+            return True
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        self._descriptor, self.held = descriptor, True
+        return True
+
+    def release(self):
+        descriptor, self._descriptor, self.held = self._descriptor, None, False
+        if descriptor is not None:
+            os.close(descriptor)
+
+    def dispose(self):
+        self.release()
+
+
+class SoleLease:
+    """An in-memory SQLite database has one process and one relay: always held."""
+
+    held = True
+
+    def hold(self):
+        return True
+
+    def release(self):
+        pass
+
+    def dispose(self):
+        pass
+
+
+def lease_for(engine):
+    """The lease that the relays of this database take turns with."""
+    if engine.dialect.name == "postgresql":
+        return PostgresLease(engine.url)
+    database = engine.url.database
+    if database and database != ":memory:" and not database.startswith("file::memory:"):
+        return FileLease(f"{database}.outbox-relay.lock")
+    return SoleLease()
+
+
+def event_headers(row):
+    """The Kafka headers of an outbox row's event. Its stored traceparent is
+    passed on as it is when this process does not trace (a tracing producer
+    sets its own, a child of the stored one)."""
+    headers = [("event_id", str(row.event_id)), ("event_type", row.event_type)]
+    if row.trace_context and not tracing_started():
+        headers.append((TRACEPARENT, row.trace_context))
+    return headers
+
+
 class OutboxRelay:
-    def __init__(self, bootstrap_servers, topic, batch_size=500, ack_timeout=10.0):
+    """Publishes the outbox while it holds the lease; `publish_pending` does
+    nothing but ask for it while another relay holds it."""
+
+    def __init__(self, bootstrap_servers, topic, batch_size=500, ack_timeout=10.0, lease=None):
+        self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.batch_size = batch_size
         self.ack_timeout = ack_timeout
-        self.producer = Producer(producer_config(
-            bootstrap_servers,
-            # One request in flight keeps one patient's events in order across retries.
-            **{"max.in.flight.requests.per.connection": 1}))
+        self.lease = lease or lease_for(db.engine)
+        # False until the topic was checked for rows a relay sent but did not
+        # mark: after taking the lease, and after a batch the broker did not
+        # fully acknowledge (it may append a message the relay gave up on).
+        self._topic_checked = False
+        # With tracing on, each send is a span of the event's trace and sets its traceparent header.
+        self.producer = traced_producer(
+            Producer(
+                producer_config(
+                    bootstrap_servers,
+                    # One request in flight keeps one patient's events in order across retries.
+                    **{"max.in.flight.requests.per.connection": 1},
+                )
+            )
+        )
+
+    @property
+    def holds_lease(self):
+        return self.lease.held
 
     def publish_pending(self):
-        """Publishes one batch; returns how many events the broker acknowledged."""
-        rows = db.session.execute(
-            sa.select(OutboxEvent.id, OutboxEvent.event_id, OutboxEvent.patient_id,
-                      OutboxEvent.event_type, OutboxEvent.payload)
-            .where(OutboxEvent.published_at.is_(None))
-            .order_by(OutboxEvent.id).limit(self.batch_size)).all()
+        """Publishes one batch; returns how many events the broker acknowledged
+        (0 while another relay holds the lease). Raises PeerUnavailable when it
+        did not take them all: those stay in the outbox (the acknowledged ones
+        are marked published first)."""
+        if not self.lease.held:
+            self._topic_checked = False
+        if not self.lease.hold():
+            return 0
+        if not self._topic_checked:
+            self.mark_what_the_topic_holds()
+            self._topic_checked = True
+        rows = db.session.execute(self._next_rows()).all()
         db.session.rollback()  # no transaction held while waiting for the broker
         if not rows:
             return 0
-        acknowledged = []
+        acknowledged, failures = [], []
 
         def on_delivery(err, _msg, row_id):
             if err is None:
                 acknowledged.append(row_id)
             else:
-                log.warning("event not delivered; it stays in the outbox", extra={"error": str(err)})
+                failures.append(err)
 
         for row in rows:
             while True:
                 try:
-                    self.producer.produce(
-                        self.topic, key=str(row.patient_id), value=row.payload,
-                        headers={"event_id": str(row.event_id), "event_type": row.event_type},
-                        on_delivery=lambda err, msg, row_id=row.id: on_delivery(err, msg, row_id))
+                    with continued_from(row.trace_context):
+                        self.producer.produce(
+                            self.topic,
+                            key=str(row.patient_id),
+                            value=row.payload,
+                            headers=event_headers(row),
+                            on_delivery=lambda err, msg, row_id=row.id: on_delivery(err, msg, row_id),
+                        )
                     break
                 except BufferError:  # local queue full: let deliveries drain, then go on
                     self.producer.poll(0.1)
-                except KafkaException as exc:
-                    log.warning("produce failed; batch retried later", extra={"error": str(exc)})
+                except KafkaException as exc:  # the row stays in the outbox for the next batch
+                    failures.append(exc.args[0])
                     break
             self.producer.poll(0)
         if self.producer.flush(self.ack_timeout):
@@ -125,15 +389,114 @@ class OutboxRelay:
             self.producer.purge(in_queue=True, in_flight=False)
             self.producer.poll(0)
         if acknowledged:
-            db.session.execute(
-                sa.update(OutboxEvent).where(OutboxEvent.id.in_(padded_for_in(acknowledged)))
-                .values(published_at=utcnow()).execution_options(synchronize_session=False))
-            db.session.commit()
+            self._mark_published(OutboxEvent.id, acknowledged)
+        if len(acknowledged) < len(rows):
+            self._topic_checked = False
+            raise PeerUnavailable(
+                BROKER,
+                f"the broker acknowledged {len(acknowledged)} of {len(rows)} "
+                f"events: {failures[0] if failures else 'timed out'}",
+            )
         return len(acknowledged)
+
+    def _next_rows(self):
+        return (
+            sa.select(
+                OutboxEvent.id,
+                OutboxEvent.event_id,
+                OutboxEvent.patient_id,
+                OutboxEvent.event_type,
+                OutboxEvent.payload,
+                OutboxEvent.created_at,
+                OutboxEvent.trace_context,
+            )
+            .where(OutboxEvent.published_at.is_(None))
+            .order_by(OutboxEvent.id)
+            .limit(self.batch_size)
+        )
+
+    def _mark_published(self, column, values):
+        db.session.execute(
+            sa.update(OutboxEvent)
+            .where(column.in_(padded_for_in(values)), OutboxEvent.published_at.is_(None))
+            .values(published_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+
+    def mark_what_the_topic_holds(self):
+        """Marks published, without sending them again, the next batch's rows
+        that the topic already holds: a relay sent them and the broker took
+        them, but that relay did not live (or hold the lease) to mark them.
+        Returns how many. Only the next batch can be such rows, since a relay
+        marks each batch before it reads the next."""
+        rows = db.session.execute(self._next_rows()).all()
+        db.session.rollback()
+        if not rows:
+            return 0
+        unmarked = {str(row.event_id) for row in rows}
+        since = min(row.created_at for row in rows) - CLOCK_SKEW
+        try:
+            sent = self._event_ids_on_topic(since)
+        except KafkaException as error:
+            raise PeerUnavailable(
+                BROKER, f"the topic could not be read before publishing: {error}"
+            ) from error
+        on_topic = [uuid.UUID(event_id) for event_id in sent & unmarked]
+        if on_topic:
+            self._mark_published(OutboxEvent.event_id, on_topic)
+            log.info("marked events that the topic already held", extra={"events": len(on_topic)})
+        return len(on_topic)
+
+    def _event_ids_on_topic(self, since):
+        """The event ids of the topic's messages sent at `since` or later
+        (a broker that cannot look up offsets by time gives them all)."""
+        consumer = Consumer(
+            consumer_config(self.bootstrap_servers, TOPIC_CHECK_GROUP, **{"enable.partition.eof": True})
+        )
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=self.ack_timeout).topics.get(self.topic)
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                return set()  # no topic yet: nothing was sent
+            since_ms = int(since.timestamp() * 1000)
+            starts = consumer.offsets_for_times(
+                [TopicPartition(self.topic, partition, since_ms) for partition in metadata.partitions],
+                timeout=self.ack_timeout,
+            )
+            for start in starts:
+                if start.error is not None:
+                    raise KafkaException(start.error)
+            # An offset below zero: the partition has nothing sent that late.
+            starts = [start for start in starts if start.offset >= 0]
+            consumer.assign(starts)
+            unread, found = {start.partition for start in starts}, set()
+            last_read = time.monotonic()
+            while unread:
+                message = consumer.poll(0.1)
+                if message is None:
+                    if time.monotonic() - last_read > self.ack_timeout:
+                        raise PeerUnavailable(BROKER, f"the topic {self.topic} could not be read to its end")
+                    continue
+                last_read = time.monotonic()
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        unread.discard(message.partition())
+                    elif error.fatal():
+                        raise KafkaException(error)
+                    continue
+                found.update(
+                    value.decode() for key, value in message.headers() or () if key == "event_id" and value
+                )
+            return found
+        finally:
+            consumer.close()
 
     def backlog(self):
         return db.session.scalar(
-            sa.select(sa.func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None)))
+            sa.select(sa.func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+        )
 
     def close(self):
         self.producer.flush(self.ack_timeout)
+        self.lease.dispose()

@@ -1,29 +1,39 @@
 """/patients: list, read, create, update, delete."""
+
 import logging
-import uuid
 
 import sqlalchemy as sa
-from flask import current_app, request, url_for
+from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
-from pms_common.events import CREATED, DELETED, UPDATED
+from pms_common.identity import ADMIN, USER, email_key, require_role
 from pms_common.pagination import page_of
+from pms_common.web import ApiBlueprint, ErrorSchema
+from pms_common.web_app import gateway_location
 
-from .billing import ask_for_account, close_orphan_account, next_attempt_at
 from .extensions import db
-from .models import BILLING_ACTIVE, BILLING_PENDING, Patient, utcnow
-from .outbox import insert_with_event, outbox_row, record_event
+from .models import Patient
+from .records import create_patient, delete_patient, get_or_404, update_patient
 from .schemas import PatientQuerySchema, PatientSchema, PatientUpdateSchema
 
 log = logging.getLogger(__name__)
 
 
-class PatientBlueprint(Blueprint):
+# Documented in place of flask-smorest's IF_MATCH, which is required and answers 428 when absent.
+OPTIONAL_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "The ETag a read of the patient answered: the change happens only if the patient "
+    "is unchanged since (else 412). Leave it out to change the patient whatever its state.",
+    "schema": {"type": "string"},
+}
+
+
+class PatientBlueprint(ApiBlueprint):
     """If-Match is optional here (a client of the original never sends it):
-    when present it must match, when absent the update goes ahead."""
+    when present it must match, when absent the update goes ahead; the
+    document says so, and lists no 428."""
 
     def _check_precondition(self):
         pass
@@ -31,73 +41,101 @@ class PatientBlueprint(Blueprint):
     def _verify_check_etag(self):
         pass
 
-
-blp = PatientBlueprint("patients", __name__, url_prefix="/patients",
-                       description="Patients: registration, details, updates and removal.")
-
-SORT_COLUMNS = {"name": Patient.name, "dateOfBirth": Patient.date_of_birth,
-                "registeredDate": Patient.registered_date}
-EMAIL_TAKEN = "A patient with this email already exists."
-
-
-def get_or_404(patient_id):
-    patient = db.session.get(Patient, patient_id)
-    if patient is None:
-        abort(404, message=f"Patient {patient_id} not found.")
-    return patient
-
-
-def email_taken():
-    abort(409, message=EMAIL_TAKEN, errors={"json": {"email": [EMAIL_TAKEN]}})
+    def _prepare_etag_doc(self, doc, doc_info, **kwargs):
+        doc = super()._prepare_etag_doc(doc, doc_info, **kwargs)
+        responses = doc.get("responses", {})
+        if responses.pop(428, None) is not None:
+            responses[412] = {
+                "description": "The patient changed since the ETag in If-Match was read",
+                "content": {"application/json": {"schema": ErrorSchema}},
+            }
+        if "parameters" in doc:
+            doc["parameters"] = [
+                OPTIONAL_IF_MATCH if parameter == "IF_MATCH" else parameter for parameter in doc["parameters"]
+            ]
+        return doc
 
 
-def commit_or_conflict(patient_id):
-    """Commits; a duplicate email (the unique index) becomes 409; a row that
-    a concurrent request changed since it was read becomes 412, or 404 if
-    that request deleted it."""
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        email_taken()
-    except (StaleDataError, ObjectDeletedError):
-        db.session.rollback()
-        if db.session.get(Patient, patient_id) is None:
-            abort(404, message=f"Patient {patient_id} not found.")
-        abort(412, message="The patient was changed meanwhile; read it again and retry.")
+blp = PatientBlueprint(
+    "patients",
+    __name__,
+    url_prefix="/patients",
+    description="Patients: registration, details, updates and removal.",
+)
+
+SORT_COLUMNS = {
+    "name": Patient.name,
+    "dateOfBirth": Patient.date_of_birth,
+    "registeredDate": Patient.registered_date,
+}
 
 
-def acting_user():
-    return request.headers.get("X-User-Email")
+def error_response(code, description):
+    """Documents an error answer in the one error shape."""
+    return blp.alt_response(code, description=description, schema=ErrorSchema)
+
+
+def signed_in(view):
+    """Documents the answers `require_role(USER)` and the gateway give."""
+    view = error_response(403, "The caller's role may not read patients")(view)
+    return error_response(401, "No token, or an invalid, expired or revoked one")(view)
+
+
+def admin_only(view):
+    """Documents the answers `require_role(ADMIN)` and the gateway give."""
+    view = error_response(403, "The caller's role is not ADMIN")(view)
+    return error_response(401, "No token, or an invalid, expired or revoked one")(view)
+
+
+NO_SUCH_PATIENT = "No such patient, or an id that is not a UUID"
+LOCATION_HEADER = {
+    "description": "The new patient's path through the gateway (/api/patients/{id})",
+    "schema": {"type": "string"},
+}
 
 
 @blp.route("")
 class Patients(MethodView):
+    @require_role(USER)
     @blp.arguments(PatientQuerySchema(), location="query")
     @blp.response(200, PatientSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=500)
+    @signed_in
     def get(self, query, pagination_parameters):
         """List patients
 
         A bare JSON array, one page at a time (`page`, `page_size`); the
         `X-Pagination` header has `total`, `total_pages` and the page links.
-        Filter by `name` (substring) or `email` (exact), both case-insensitive.
+        Filter by `name` (substring) or `email` (exact), both case-insensitive
+        (an email's look-alikes, such as full-width letters, match too), by
+        `dateOfBirth` or by `medicalRecordNumber` (exact).
         """
         filters = []
         if "name" in query:
-            pattern = "%" + query["name"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            pattern = (
+                "%"
+                + query["name"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
             filters.append(sa.func.lower(Patient.name).like(pattern, escape="\\"))
         if "email" in query:
-            filters.append(Patient.email_key == query["email"].lower())
+            filters.append(Patient.email_key == email_key(query["email"]))
+        if "date_of_birth" in query:
+            filters.append(Patient.date_of_birth == query["date_of_birth"])
+        if "medical_record_number" in query:
+            filters.append(Patient.medical_record_number == query["medical_record_number"])
         sort = query["sort"]
         column = SORT_COLUMNS[sort.lstrip("-")]
         order = column.desc() if sort.startswith("-") else column.asc()
-        return page_of(db.session, sa.select(Patient).where(*filters).order_by(order, Patient.id),
-                       pagination_parameters)
+        return page_of(
+            db.session, sa.select(Patient).where(*filters).order_by(order, Patient.id), pagination_parameters
+        )
 
+    @require_role(ADMIN)
     @blp.arguments(PatientSchema())
-    @blp.response(201, PatientSchema)
-    @blp.alt_response(409, description="Another patient has this email")
+    @blp.response(201, PatientSchema, headers={"Location": LOCATION_HEADER})
+    @error_response(409, "Another patient has this email or medical record number")
+    @admin_only
     def post(self, data):
         """Register a patient
 
@@ -105,72 +143,53 @@ class Patients(MethodView):
         time the patient is still created (`billingStatus: PENDING`) and the
         account is opened by a retry. Publishes `PATIENT_CREATED`.
         """
-        config = current_app.config
-        billing = current_app.extensions["billing_client"]
-        now = utcnow()
-        patient = Patient(id=uuid.uuid4(), **data, email_key=data["email"].lower(), version=1,
-                          created_at=now, updated_at=now, billing_attempts=0)
-        # Billing first, so the row is written once, with the outcome, in the
-        # transaction that records the event; nothing is held open meanwhile.
-        patient.billing_account_id = ask_for_account(billing, patient.id, patient.name, patient.email)
-        if patient.billing_account_id:
-            patient.billing_status = BILLING_ACTIVE
-        else:
-            patient.billing_status, patient.billing_attempts = BILLING_PENDING, 1
-            patient.billing_next_attempt_at = next_attempt_at(0, config["BILLING_RETRY_MAX_SECONDS"])
-
-        try:
-            # Not through the ORM session: a new row needs none of its unit of
-            # work (a third of a create's CPU).
-            insert_with_event({key: getattr(patient, key) for key in Patient.__table__.c.keys()},
-                              outbox_row(patient, CREATED))
-        except Exception as error:
-            if patient.billing_account_id:
-                close_orphan_account(billing, patient.id)
-            if isinstance(error, IntegrityError):
-                email_taken()
-            raise
-        log.info("patient created", extra={"patient_id": str(patient.id), "by": acting_user()})
-        return patient, 201, {"Location": url_for("patients.PatientById", patient_id=patient.id)}
+        patient = create_patient(data)
+        return patient, 201, {"Location": gateway_location("patients.PatientById", patient_id=patient.id)}
 
 
 @blp.route("/<uuid:patient_id>")
 class PatientById(MethodView):
+    @require_role(USER)
     @blp.etag
     @blp.response(200, PatientSchema)
-    @blp.alt_response(404, description="No such patient")
+    @error_response(404, NO_SUCH_PATIENT)
+    @signed_in
     def get(self, patient_id):
-        """Get a patient (with an ETag for a later conditional update)"""
+        """Get a patient
+
+        Answers the patient's `ETag`: sent back as `If-Match`, it makes a
+        later update or delete happen only if the patient is unchanged since.
+        """
         return get_or_404(patient_id)
 
+    @require_role(ADMIN)
     @blp.etag
     @blp.arguments(PatientUpdateSchema())
     @blp.response(200, PatientSchema)
-    @blp.alt_response(404, description="No such patient")
-    @blp.alt_response(409, description="Another patient has this email")
+    @error_response(404, NO_SUCH_PATIENT)
+    @error_response(409, "Another patient has this email or medical record number")
+    @admin_only
     def put(self, data, patient_id):
         """Update a patient
 
         `registeredDate` may be left out. With `If-Match`, the update happens
-        only if the patient is unchanged since that ETag (else 412).
-        Publishes `PATIENT_UPDATED`.
+        only if the patient is unchanged since that ETag (else 412); without
+        it, the update goes ahead.
+        Publishes `PATIENT_UPDATED`; a body that changes nothing writes
+        nothing and answers the patient as it is.
         """
         patient = get_or_404(patient_id)
         if request.if_match:
             blp.check_etag(patient, PatientSchema)
-        for key, value in data.items():
-            setattr(patient, key, value)
-        patient.email_key = patient.email.lower()
-        record_event(patient, UPDATED)
-        commit_or_conflict(patient_id)
-        log.info("patient updated", extra={"patient_id": str(patient_id), "by": acting_user()})
-        return patient
+        return update_patient(patient, data)
 
+    @require_role(ADMIN)
     @blp.etag
     @blp.response(204)
-    @blp.alt_response(404, description="No such patient")
+    @error_response(404, NO_SUCH_PATIENT)
+    @admin_only
     def delete(self, patient_id):
-        """Delete a patient (ADMIN only, enforced at the gateway)
+        """Delete a patient (ADMIN only)
 
         With `If-Match`, only if unchanged since that ETag. Publishes
         `PATIENT_DELETED`; billing then closes the account.
@@ -178,7 +197,4 @@ class PatientById(MethodView):
         patient = get_or_404(patient_id)
         if request.if_match:
             blp.check_etag(patient, PatientSchema)
-        record_event(patient, DELETED)
-        db.session.delete(patient)
-        commit_or_conflict(patient_id)
-        log.info("patient deleted", extra={"patient_id": str(patient_id), "by": acting_user()})
+        delete_patient(patient)

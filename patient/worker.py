@@ -1,22 +1,32 @@
-"""`python -m patient.worker`: publishes the outbox and retries pending
-billing accounts, until SIGTERM."""
-import logging
-import signal
-import threading
+"""`python -m patient.worker`: publishes the outbox, retries pending billing
+accounts and the closing of accounts no patient has, and reconciles billing's
+accounts with the patients, until SIGTERM. No loop gives up: while the
+database, the broker or billing is away each waits with capped backoff
+(pms_common.worker), says so once, and resumes when it is back."""
 
-from pms_common.heap import freeze_start_up_objects
-from pms_common.logs import configure_logging
+import logging
+import threading
+import time
+
+from pms_common.entry import run_main
+from pms_common.freeze import freeze_start_up_objects
+from pms_common.metrics import start_part_metrics
+from pms_common.status import StatusFile, status_path
+from pms_common.telemetry import start_tracing, stop_tracing
+from pms_common.worker import run_until_stopped, stop_on_signals
 
 from . import create_app
-from .billing import retry_pending_accounts
+from .account_closures import AccountReconciler, close_recorded_accounts
+from .billing_client import retry_pending_accounts
 from .config import Config
-from .outbox import OutboxRelay
+from .extensions import db
+from .outbox import STANDBY_RETRY_SECONDS, OutboxRelay
 
 log = logging.getLogger(__name__)
 BILLING_SWEEP_SECONDS = 1.0
 # While there is nothing to publish the relay's pause doubles up to this, so an
-# idle system does not query its outbox every few ms (5 % of a core); the first
-# event after a quiet spell waits at most this long.
+# idle system does not query its outbox every few ms (bench/README.md); the
+# first event after a quiet spell waits at most this long.
 IDLE_PAUSE_MAX_SECONDS = 0.25
 
 
@@ -31,50 +41,130 @@ def next_pause(pause, published, batch_size, busy_pause):
     return min(max(pause, busy_pause) * 2, max(IDLE_PAUSE_MAX_SECONDS, busy_pause))
 
 
+def in_clean_session(step):
+    """The step, with the session rolled back after a failure, so that the
+    next try starts on a fresh connection."""
+
+    def attempt():
+        try:
+            return step()
+        except Exception:
+            db.session.rollback()
+            raise
+
+    return attempt
+
+
+def status_file(app):
+    """Where the loops say whether they work (pms_common.status); serve() sets it."""
+    return app.extensions.get("status_file") or StatusFile(None)
+
+
 def relay_events(app, stop: threading.Event):
     config = app.config
+    status = status_file(app)
+    busy_pause = config["OUTBOX_POLL_SECONDS"]
     with app.app_context():
-        relay = OutboxRelay(config["KAFKA_BOOTSTRAP_SERVERS"], config["EVENTS_TOPIC"],
-                            batch_size=config["OUTBOX_BATCH_SIZE"])
-        log.info("outbox relay started", extra={"backlog": relay.backlog()})
-        pause = config["OUTBOX_POLL_SECONDS"]
+        relay = OutboxRelay(
+            config["KAFKA_BOOTSTRAP_SERVERS"], config["EVENTS_TOPIC"], batch_size=config["OUTBOX_BATCH_SIZE"]
+        )
+        pause, role = busy_pause, None
+
+        def publish_once():
+            nonlocal pause, role
+            started_at = time.time()
+            published = relay.publish_pending()
+            now = "publishing" if relay.holds_lease else "standing by"
+            if now != role:
+                role = now
+                log.info("outbox relay role changed", extra={"role": role})
+            if not relay.holds_lease:
+                # Another copy's relay publishes: idle means that its outbox is empty.
+                status.beat(idle=relay.backlog() == 0, started_at=started_at)
+                pause = busy_pause
+                return STANDBY_RETRY_SECONDS
+            status.beat(idle=published == 0, started_at=started_at)
+            pause = next_pause(pause, published, relay.batch_size, busy_pause)
+            return pause
+
+        log.info("outbox relay started; publishes while it holds the outbox lease")
         try:
-            while not stop.is_set():
-                pause = next_pause(pause, relay.publish_pending(), relay.batch_size, config["OUTBOX_POLL_SECONDS"])
-                if pause:
-                    stop.wait(pause)
+            run_until_stopped(
+                "outbox relay", in_clean_session(publish_once), stop, status.outage("outbox relay")
+            )
         finally:
             relay.close()
 
 
 def retry_billing(app, stop: threading.Event):
+    """Opens pending accounts and closes the ones recorded for closing."""
+    client, retry_max_seconds = app.extensions["billing_client"], app.config["BILLING_RETRY_MAX_SECONDS"]
+
+    def sweep():
+        retry_pending_accounts(client, retry_max_seconds)
+        close_recorded_accounts(client, retry_max_seconds)
+        return BILLING_SWEEP_SECONDS
+
     with app.app_context():
-        while not stop.is_set():
-            retry_pending_accounts(app.extensions["billing_client"], app.config["BILLING_RETRY_MAX_SECONDS"])
-            stop.wait(BILLING_SWEEP_SECONDS)
+        run_until_stopped(
+            "billing account retries",
+            in_clean_session(sweep),
+            stop,
+            status_file(app).outage("billing account retries"),
+        )
+
+
+def reconcile_accounts(app, stop: threading.Event):
+    config = app.config
+    reconciler = AccountReconciler(
+        app.extensions["billing_client"],
+        config["ORPHAN_ACCOUNT_MIN_AGE_SECONDS"],
+        config["RECONCILE_INTERVAL_SECONDS"],
+    )
+    with app.app_context():
+        run_until_stopped(
+            "billing account reconciliation",
+            in_clean_session(reconciler.step),
+            stop,
+            status_file(app).outage("billing account reconciliation"),
+        )
 
 
 def run(app, stop: threading.Event):
-    """Two loops, so a slow billing never delays events (and the reverse)."""
-    billing = threading.Thread(target=retry_billing, args=(app, stop), name="billing-retry")
-    billing.start()
+    """Each loop in its own thread, so a slow billing never delays events
+    (and the reverse)."""
+    helpers = [
+        threading.Thread(target=retry_billing, args=(app, stop), name="billing-retry"),
+        threading.Thread(target=reconcile_accounts, args=(app, stop), name="billing-reconciliation"),
+    ]
+    for helper in helpers:
+        helper.start()
     try:
         relay_events(app, stop)
     finally:
         stop.set()
-        billing.join()
+        for helper in helpers:
+            helper.join()
         log.info("worker stopped")
 
 
-def main():
-    config = Config()
-    configure_logging("patient-worker", config.LOG_LEVEL)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+def serve(config):
+    stop = stop_on_signals(threading.Event())
+    start_part_metrics(
+        config.DATA_DIR, "patient-worker", config.BIND_HOST, config.WORKER_METRICS_PORT, config.COPY
+    )
+    start_tracing("patient-worker")
     app = create_app(config)
+    app.extensions["status_file"] = StatusFile(status_path(config.DATA_DIR, "patient-worker", config.COPY))
     freeze_start_up_objects()
-    run(app, stop)
+    try:
+        run(app, stop)
+    finally:
+        stop_tracing()
+
+
+def main():
+    run_main("patient-worker", Config, serve)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
 """A patient app on a real database, with a real billing server (or none)."""
+
 import pytest
 
-from billing import create_server as create_billing_server, set_ready
+from billing import create_server as create_billing_server
+from billing import set_ready
 from billing.config import Config as BillingConfig
 from billing.store import Store
 from patient import MIGRATIONS_DIR, create_app
 from patient.config import Config
 from patient.extensions import db
+from pms_common.identity import ADMIN
 from tests.support import free_port, migrated_apps
 
-VALID = {"name": "Ada Lovelace", "email": "ada@example.com", "address": "12 St James's Sq, London",
-         "dateOfBirth": "1985-12-10", "registeredDate": "2024-05-01"}
+VALID = {
+    "name": "Ada Lovelace",
+    "email": "ada@example.com",
+    "address": "12 St James's Sq, London",
+    "dateOfBirth": "1985-12-10",
+    "registeredDate": "2024-05-01",
+}
 
 
 class BillingServer:
@@ -25,7 +33,8 @@ class BillingServer:
 
     def start(self):
         self.server, _, health = create_billing_server(
-            BillingConfig(EVENTS_ENABLED=False), self.address, store=self.store)
+            BillingConfig(EVENTS_ENABLED=False), self.address, store=self.store
+        )
         self.server.start()
         set_ready(health, self.store)
         return self
@@ -46,11 +55,17 @@ def billing(tmp_path):
 
 @pytest.fixture
 def make_app(database_url, billing):
-    """Builds a migrated patient app; keyword arguments override its Config."""
-    with migrated_apps(create_app, MIGRATIONS_DIR, db) as build:
+    """Builds a migrated patient app whose test clients call as an ADMIN;
+    keyword arguments override its Config."""
+    with migrated_apps(create_app, MIGRATIONS_DIR, db, role=ADMIN) as build:
+
         def factory(**overrides):
-            settings = {"DATABASE_URL": database_url, "BILLING_ADDRESS": billing.address,
-                        "BILLING_TIMEOUT_SECONDS": 2.0, **overrides}
+            settings = {
+                "DATABASE_URL": database_url,
+                "BILLING_ADDRESS": billing.address,
+                "BILLING_TIMEOUT_SECONDS": 2.0,
+                **overrides,
+            }
             return build(Config(**settings))
 
         yield factory

@@ -1,11 +1,17 @@
 """Every change leaves an event in the outbox in its own transaction; the
 relay publishes it only once the broker acknowledged, so a broker outage
 delays events and loses none."""
-import uuid
 
+import sqlite3
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+
+import psycopg
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from billing.store import accounts
 from patient.extensions import db
@@ -13,6 +19,7 @@ from patient.models import OutboxEvent
 from patient.outbox import OutboxRelay
 from pms_common.events import PatientEvent
 from pms_common.kafka import consumer_config, ensure_topics
+from pms_common.worker import BROKER, PeerUnavailable
 from tests.patient.conftest import VALID
 from tests.support import wait_for
 
@@ -53,6 +60,7 @@ def consume(bootstrap, topic, count, timeout=30):
     consumer.subscribe([topic])
     received, seen = [], set()
     try:
+
         def got_all():
             message = consumer.poll(0.2)
             if message is not None and not message.error():
@@ -61,6 +69,7 @@ def consume(bootstrap, topic, count, timeout=30):
                     seen.add(event.event_id)
                     received.append((message.key().decode(), event))
             return len(received) >= count
+
         wait_for(got_all, timeout=timeout, interval=0, message=f"{count} events on {topic}")
     finally:
         consumer.close()
@@ -70,18 +79,29 @@ def consume(bootstrap, topic, count, timeout=30):
 def test_broker_down_keeps_events_and_they_arrive_after_restart(app, client, own_broker):
     topic = f"patient-{uuid.uuid4().hex[:8]}"
     own_broker.stop()
-    ids = [client.post("/patients", json={**VALID, "email": f"p{i}@example.com"}).get_json()["id"]
-           for i in range(5)]
+    ids = [
+        client.post("/patients", json={**VALID, "email": f"p{i}@example.com"}).get_json()["id"]
+        for i in range(5)
+    ]
     with app.app_context():
         relay = OutboxRelay(own_broker.bootstrap, topic, ack_timeout=1.0)
-        assert relay.publish_pending() == 0  # writes succeeded; nothing acknowledged
+        # The writes succeeded; the broker took none of their events.
+        with pytest.raises(PeerUnavailable) as refused:
+            relay.publish_pending()
+        assert refused.value.peer == BROKER
         assert relay.backlog() == 5
         own_broker.start()
         ensure_topics(own_broker.bootstrap, [topic])
-        wait_for(lambda: relay.publish_pending() or relay.backlog() == 0, timeout=30,
-                 message="relay to publish after the broker came back")
-        while relay.publish_pending():
-            pass
+
+        def published_all():
+            try:
+                while relay.publish_pending():
+                    pass
+            except PeerUnavailable:  # the broker is still coming up
+                return False
+            return True
+
+        wait_for(published_all, timeout=30, message="relay to publish after the broker came back")
         assert relay.backlog() == 0
         relay.close()
     received = consume(own_broker.bootstrap, topic, 5)
@@ -95,8 +115,10 @@ def test_one_patients_events_stay_in_order(app, client, broker):
     ensure_topics(broker.bootstrap, [topic])
     patient_id = client.post("/patients", json=VALID).get_json()["id"]
     for index in range(10):
-        client.put(f"/patients/{patient_id}", json={
-            **{k: VALID[k] for k in ("email", "address", "dateOfBirth")}, "name": f"Name {index}"})
+        client.put(
+            f"/patients/{patient_id}",
+            json={**{k: VALID[k] for k in ("email", "address", "dateOfBirth")}, "name": f"Name {index}"},
+        )
     with app.app_context():
         relay = OutboxRelay(broker.bootstrap, topic)
         assert relay.publish_pending() == 11
@@ -107,6 +129,7 @@ def test_one_patients_events_stay_in_order(app, client, broker):
 
 def test_the_relay_pauses_not_at_all_in_a_backlog_briefly_under_load_and_longer_while_idle():
     from patient.worker import next_pause
+
     assert next_pause(0.03, 500, 500, busy_pause=0.03) == 0
     assert next_pause(0.25, 7, 500, busy_pause=0.03) == 0.03
     pauses = [0.0]
@@ -134,10 +157,15 @@ def test_the_worker_publishes_and_opens_pending_accounts_then_stops_on_request(m
     worker = threading.Thread(target=run, args=(app, stop))
     worker.start()
     try:
-        (key, event), = consume(broker.bootstrap, topic, 1)
+        ((key, event),) = consume(broker.bootstrap, topic, 1)
         assert key == patient["id"] and event.event_type == "PATIENT_CREATED"
-        wait_for(lambda: app.test_client().get(f"/patients/{patient['id']}").get_json()["billingStatus"]
-                 == "ACTIVE", timeout=15, message="the worker to open the account")
+        wait_for(
+            lambda: (
+                app.test_client().get(f"/patients/{patient['id']}").get_json()["billingStatus"] == "ACTIVE"
+            ),
+            timeout=15,
+            message="the worker to open the account",
+        )
     finally:
         stop.set()
         worker.join(15)
@@ -170,22 +198,158 @@ def test_a_create_writes_once_and_no_pool_connection_changes_mode(app, client):
     event) on a pool that stays in autocommit; the ORM's pool, which updates
     and deletes use, stays transactional. A pool that switched a connection's
     mode at checkout would hand it back switched again, which this sees."""
-    from patient.config import AUTOCOMMIT_BIND
+    from pms_common.db import AUTOCOMMIT_BIND
+
     with app.app_context():
         engines = dict(db.engines)
     if engines[None].dialect.name != "postgresql":
         assert AUTOCOMMIT_BIND not in engines  # SQLite writes both rows in one transaction instead
         return
     statements = []
-    sa.event.listen(engines[AUTOCOMMIT_BIND], "before_cursor_execute",
-                    lambda _conn, _cursor, statement, *_: statements.append(statement))
+    sa.event.listen(
+        engines[AUTOCOMMIT_BIND],
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: statements.append(statement),
+    )
     assert client.post("/patients", json=VALID).status_code == 201
     assert len(statements) == 1 and "INSERT INTO outbox_events" in statements[0]
     assert "INSERT INTO patients" in statements[0]
     with engines[AUTOCOMMIT_BIND].connect() as connection:
         assert connection.connection.dbapi_connection.autocommit is True
     created = client.post("/patients", json={**VALID, "email": "grace@example.com"}).get_json()
-    assert client.put(f"/patients/{created['id']}", json={**VALID, "email": "grace@example.com",
-                                                          "name": "Grace Hopper"}).status_code == 200
+    assert (
+        client.put(
+            f"/patients/{created['id']}", json={**VALID, "email": "grace@example.com", "name": "Grace Hopper"}
+        ).status_code
+        == 200
+    )
     with engines[None].connect() as connection:
         assert connection.connection.dbapi_connection.autocommit is False
+
+
+def event_ids_on(bootstrap, topic, timeout=15):
+    """Every event id the topic holds, a repeat as often as it was sent."""
+    consumer = Consumer(
+        consumer_config(bootstrap, f"test-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
+        unread, event_ids = set(partitions), []
+
+        def read_to_the_end():
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                event_ids.extend(value.decode() for key, value in message.headers() if key == "event_id")
+            elif message is not None and message.error().code() == KafkaError._PARTITION_EOF:
+                unread.discard(message.partition())
+            return not unread
+
+        wait_for(read_to_the_end, timeout=timeout, interval=0, message=f"the end of {topic}")
+    finally:
+        consumer.close()
+    return event_ids
+
+
+def outbox_event_ids(app):
+    return sorted(str(row.event_id) for row in outbox_rows(app))
+
+
+def create_patients(client, count, tag):
+    for index in range(count):
+        assert (
+            client.post("/patients", json={**VALID, "email": f"{tag}{index}@example.com"}).status_code == 201
+        )
+
+
+def test_two_relays_on_one_database_take_turns_and_publish_each_event_once(app, client, broker):
+    """Two relays (as two copies of patient run them): only the lease holder
+    publishes; when it stops, the other takes over where it left off."""
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [topic])
+    create_patients(client, 3, "first")
+    with app.app_context():
+        first, second = OutboxRelay(broker.bootstrap, topic), OutboxRelay(broker.bootstrap, topic)
+        try:
+            assert first.publish_pending() == 3 and first.holds_lease
+            create_patients(client, 2, "second")
+            assert second.publish_pending() == 0 and not second.holds_lease
+            assert second.backlog() == 2
+            assert first.publish_pending() == 2
+            create_patients(client, 1, "third")
+            first.close()  # its lease is free
+            assert second.publish_pending() == 1 and second.holds_lease
+            assert second.backlog() == 0
+        finally:
+            first.close()
+            second.close()
+    assert sorted(event_ids_on(broker.bootstrap, topic)) == outbox_event_ids(app)
+
+
+# One relay's round in a process of its own, as patient.worker runs it.
+RELAY_ROUND = """
+import sys
+from patient import create_app
+from patient.config import Config
+from patient.outbox import OutboxRelay
+
+database_url, bootstrap, topic = sys.argv[1:]
+with create_app(Config(DATABASE_URL=database_url)).app_context():
+    OutboxRelay(bootstrap, topic).publish_pending()
+"""
+
+
+@contextmanager
+def outbox_updates_blocked(database_url):
+    """Holds a lock that lets the outbox be read but not updated: a relay
+    waits at the UPDATE that marks its batch published."""
+    if database_url.startswith("sqlite"):
+        connection = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")  # readers go on (WAL); a writer waits
+    else:
+        connection = psycopg.connect(database_url.replace("+psycopg", ""))
+        connection.execute("LOCK TABLE outbox_events IN SHARE MODE")
+    try:
+        yield
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+def test_a_relay_killed_after_the_broker_took_its_batch_is_not_repeated_by_the_next(
+    app, client, broker, database_url
+):
+    """The window between the broker's acknowledgement and the commit that
+    marks the rows, made for real: the relay's UPDATE waits on a lock, the
+    topic already holds its batch, and the relay is killed (SIGKILL). The
+    relay that takes the lease next finds the batch on the topic and marks
+    it instead of sending it again."""
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [topic])
+    create_patients(client, 5, "killed")
+    with outbox_updates_blocked(database_url):
+        relay = subprocess.Popen([sys.executable, "-c", RELAY_ROUND, database_url, broker.bootstrap, topic])
+        try:
+            wait_for(
+                lambda: len(event_ids_on(broker.bootstrap, topic)) == 5,
+                timeout=30,
+                interval=0.2,
+                message="the broker to hold the relay's batch",
+            )
+            assert relay.poll() is None, "the relay marked its batch although the outbox was locked"
+        finally:
+            relay.kill()
+            relay.wait()
+    with app.app_context():
+        successor = OutboxRelay(broker.bootstrap, topic)
+        try:
+            assert successor.backlog() == 5  # the killed relay marked nothing
+            wait_for(
+                lambda: successor.publish_pending() == 0 and successor.holds_lease,
+                timeout=10,
+                message="the killed relay's lease to be free",
+            )
+            assert successor.backlog() == 0
+        finally:
+            successor.close()
+    assert sorted(event_ids_on(broker.bootstrap, topic)) == outbox_event_ids(app)

@@ -3,6 +3,7 @@
 Revision ID: 0001
 Revises:
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -34,13 +35,13 @@ def upgrade():
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("email_key"),
     )
-    op.create_index("ix_patients_billing_pending", "patients",
-                    ["billing_status", "billing_next_attempt_at"])
+    op.create_index("ix_patients_billing_pending", "patients", ["billing_status", "billing_next_attempt_at"])
     op.create_index("ix_patients_name_lower", "patients", [sa.text("lower(name)")])
     op.create_table(
         "outbox_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
-                  nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("patient_id", sa.Uuid(), nullable=False),
         sa.Column("event_type", sa.String(length=32), nullable=False),
@@ -50,8 +51,13 @@ def upgrade():
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("event_id"),
     )
-    op.create_index("ix_outbox_unpublished", "outbox_events", ["id"],
-                    postgresql_where=UNPUBLISHED, sqlite_where=UNPUBLISHED)
+    op.create_index(
+        "ix_outbox_unpublished",
+        "outbox_events",
+        ["id"],
+        postgresql_where=UNPUBLISHED,
+        sqlite_where=UNPUBLISHED,
+    )
 
 
 def downgrade():

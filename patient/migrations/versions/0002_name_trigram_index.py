@@ -3,6 +3,7 @@
 Revision ID: 0002
 Revises: 0001
 """
+
 from alembic import op
 
 revision = "0002"
@@ -17,8 +18,9 @@ def upgrade():
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-    op.execute("CREATE INDEX IF NOT EXISTS ix_patients_name_trgm ON patients "
-               "USING gin (lower(name) gin_trgm_ops)")
+    op.execute(
+        "CREATE INDEX IF NOT EXISTS ix_patients_name_trgm ON patients USING gin (lower(name) gin_trgm_ops)"
+    )
 
 
 def downgrade():

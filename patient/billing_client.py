@@ -1,4 +1,5 @@
 """Opening a patient's billing account over gRPC, now or on a later retry."""
+
 import logging
 import threading
 from datetime import timedelta
@@ -6,18 +7,27 @@ from datetime import timedelta
 import grpc
 import sqlalchemy as sa
 
+from pms_common.identity import ROLE_HEADER, SERVICE, USER_HEADER
 from pms_common.logs import request_id_var
+from pms_common.models import utcnow
 from pms_common.protos import billing_service_pb2, billing_service_pb2_grpc
 
 from .extensions import db
-from .models import BILLING_ACTIVE, BILLING_PENDING, Patient, utcnow
+from .models import BILLING_ACTIVE, BILLING_PENDING, Patient
 
 log = logging.getLogger(__name__)
 # Retries start this soon after a failed attempt and double up to the configured maximum.
 FIRST_RETRY_SECONDS = 1.0
 # Reconnect soon after billing comes back (gRPC's default backoff grows to 2 minutes).
-CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000),
-                   ("grpc.keepalive_time_ms", 30000)]
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30000),
+]
+# The reconciliation's listing may take longer than a create's call: no request waits on it.
+LIST_TIMEOUT_SECONDS = 10.0
+# Billing opens, closes and lists accounts only for another part of the system.
+CALLER_METADATA = ((USER_HEADER.lower(), "patient"), (ROLE_HEADER.lower(), SERVICE))
 
 
 class BillingClient:
@@ -39,20 +49,37 @@ class BillingClient:
 
     def _metadata(self):
         request_id = request_id_var.get()
-        return (("x-request-id", request_id),) if request_id else None
+        return (*CALLER_METADATA, ("x-request-id", request_id)) if request_id else CALLER_METADATA
 
     def open_account(self, patient_id, name, email):
         """Returns the account id; raises grpc.RpcError when billing fails or is slow."""
         response = self._get_stub().CreateBillingAccount(
             billing_service_pb2.BillingRequest(patientId=str(patient_id), name=name, email=email),
-            timeout=self.timeout_seconds, metadata=self._metadata())
+            timeout=self.timeout_seconds,
+            metadata=self._metadata(),
+        )
         return response.accountId
 
     def close_account(self, patient_id):
         """Raises grpc.RpcError when billing fails or is slow (NOT_FOUND: no account)."""
         self._get_stub().CloseBillingAccount(
             billing_service_pb2.CloseBillingAccountRequest(patientId=str(patient_id)),
-            timeout=self.timeout_seconds, metadata=self._metadata())
+            timeout=self.timeout_seconds,
+            metadata=self._metadata(),
+        )
+
+    def list_active_accounts(self, min_age_seconds, after_patient_id, page_size):
+        """Patient ids of a page of ACTIVE accounts opened at least
+        min_age_seconds ago, after after_patient_id ("" for the first page);
+        raises grpc.RpcError when billing fails or is slow."""
+        response = self._get_stub().ListActiveAccounts(
+            billing_service_pb2.ListActiveAccountsRequest(
+                minAgeSeconds=int(min_age_seconds), afterPatientId=after_patient_id, pageSize=page_size
+            ),
+            timeout=LIST_TIMEOUT_SECONDS,
+            metadata=self._metadata(),
+        )
+        return list(response.patientIds)
 
 
 def ask_for_account(client, patient_id, name, email):
@@ -61,23 +88,15 @@ def ask_for_account(client, patient_id, name, email):
     try:
         return client.open_account(patient_id, name, email)
     except grpc.RpcError as exc:
-        log.warning("billing account not opened yet; will retry",
-                    extra={"patient_id": str(patient_id), "grpc_status": exc.code().name})
+        log.warning(
+            "billing account not opened yet; will retry",
+            extra={"patient_id": str(patient_id), "grpc_status": exc.code().name},
+        )
         return None
 
 
 def next_attempt_at(attempts_so_far, retry_max_seconds):
-    return utcnow() + timedelta(seconds=min(retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** attempts_so_far))
-
-
-def close_orphan_account(client, patient_id):
-    """A create that got its account but then wrote no patient (a duplicate
-    email, a lost database) closes the account again, if billing lets it."""
-    try:
-        client.close_account(patient_id)
-    except grpc.RpcError as exc:
-        log.warning("account of a patient that was not created stays open",
-                    extra={"patient_id": str(patient_id), "grpc_status": exc.code().name})
+    return utcnow() + timedelta(seconds=min(retry_max_seconds, FIRST_RETRY_SECONDS * 2**attempts_so_far))
 
 
 def try_open_account(client, patient_id, name, email, retry_max_seconds):
@@ -88,19 +107,24 @@ def try_open_account(client, patient_id, name, email, retry_max_seconds):
         patient = db.session.get(Patient, patient_id)
         if patient is not None and patient.billing_status == BILLING_PENDING:
             db.session.execute(
-                sa.update(Patient).where(Patient.id == patient_id)
-                .values(billing_attempts=Patient.billing_attempts + 1,
-                        billing_next_attempt_at=next_attempt_at(patient.billing_attempts, retry_max_seconds))
-                .execution_options(synchronize_session=False))
+                sa.update(Patient)
+                .where(Patient.id == patient_id)
+                .values(
+                    billing_attempts=Patient.billing_attempts + 1,
+                    billing_next_attempt_at=next_attempt_at(patient.billing_attempts, retry_max_seconds),
+                )
+                .execution_options(synchronize_session=False)
+            )
             db.session.commit()
         return None
     # A plain UPDATE, not the ORM: the billing fields are not the client's edit,
     # so they must not bump the version a client's If-Match was read against.
     db.session.execute(
-        sa.update(Patient).where(Patient.id == patient_id)
-        .values(billing_account_id=account_id, billing_status=BILLING_ACTIVE,
-                billing_next_attempt_at=None)
-        .execution_options(synchronize_session=False))
+        sa.update(Patient)
+        .where(Patient.id == patient_id)
+        .values(billing_account_id=account_id, billing_status=BILLING_ACTIVE, billing_next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
     return account_id
 
@@ -109,10 +133,13 @@ def retry_pending_accounts(client, retry_max_seconds, limit=50):
     """Opens accounts for patients whose billing is still pending and due."""
     due = db.session.execute(
         sa.select(Patient.id, Patient.name, Patient.email)
-        .where(Patient.billing_status == BILLING_PENDING,
-               sa.or_(Patient.billing_next_attempt_at.is_(None),
-                      Patient.billing_next_attempt_at <= utcnow()))
-        .order_by(Patient.billing_next_attempt_at).limit(limit)).all()
+        .where(
+            Patient.billing_status == BILLING_PENDING,
+            sa.or_(Patient.billing_next_attempt_at.is_(None), Patient.billing_next_attempt_at <= utcnow()),
+        )
+        .order_by(Patient.billing_next_attempt_at)
+        .limit(limit)
+    ).all()
     db.session.rollback()
     opened = 0
     for patient_id, name, email in due:
