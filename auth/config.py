@@ -1,3 +1,6 @@
+"""Auth settings: the base web settings plus the signing key, token lifetime,
+login throttle, production's first admin and argon2id's cost."""
+
 import logging
 import os
 import secrets
@@ -5,22 +8,23 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 
-from pms_common.config import ConfigError, ServiceConfig, env_int, env_str
+from pms_common.config import ConfigError, WebConfig, env_int, env_str
 
-from .passwords import password_weakness
+from .passwords import estimate, password_weakness
 
 log = logging.getLogger(__name__)
 MIN_SECRET_BYTES = 32  # HS256 wants a key at least as long as its 256-bit hash
+# zxcvbn's guesses for the key: 10^30 (about 2^100) is beyond an offline search
+# on one captured token; it scores random characters at about one digit each.
+MIN_SECRET_GUESSES_LOG10 = 30
+MAKE_A_KEY = "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
 _argon2_defaults = PasswordHasher()
 
 
-class Config(ServiceConfig):
+class Config(WebConfig):
     SERVICE = "auth"
-    DEFAULT_PORT = 4005
 
     API_TITLE = "Auth Service"
-    # A request body larger than this is refused with 413 before it is parsed.
-    MAX_CONTENT_LENGTH = 16 * 1024
 
     def load(self):
         self.JWT_SECRET = env_str("JWT_SECRET")
@@ -37,11 +41,16 @@ class Config(ServiceConfig):
         self.ARGON2_PARALLELISM = env_int("ARGON2_PARALLELISM", _argon2_defaults.parallelism)
 
     def check(self):
-        """Refuses settings the service must not run with (called by create_app,
-        so `python -m auth` fails before it migrates or serves)."""
-        for name in ("JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES", "LOGIN_MAX_FAILURES_PER_CLIENT",
-                     "LOGIN_WINDOW_SECONDS",
-                     "ARGON2_TIME_COST", "ARGON2_MEMORY_KIB", "ARGON2_PARALLELISM"):
+        super().check()
+        for name in (
+            "JWT_TTL_SECONDS",
+            "LOGIN_MAX_FAILURES",
+            "LOGIN_MAX_FAILURES_PER_CLIENT",
+            "LOGIN_WINDOW_SECONDS",
+            "ARGON2_TIME_COST",
+            "ARGON2_MEMORY_KIB",
+            "ARGON2_PARALLELISM",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if bool(self.ADMIN_EMAIL) != bool(self.ADMIN_PASSWORD):
@@ -50,19 +59,30 @@ class Config(ServiceConfig):
             weakness = password_weakness(self.ADMIN_PASSWORD, self.ADMIN_EMAIL)
             if weakness:
                 raise ConfigError(f"ADMIN_PASSWORD is too weak: {weakness}")
+        self.check_secret()
+
+    def check_secret(self):
+        """JWT_SECRET, when set, must be long and random; production requires it."""
+        if self.JWT_SECRET:
+            if len(self.JWT_SECRET.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long ({MAKE_A_KEY})")
+            if estimate(self.JWT_SECRET)["guesses_log10"] < MIN_SECRET_GUESSES_LOG10:
+                raise ConfigError(
+                    f"JWT_SECRET is too easy to guess (repeats, sequences or words); "
+                    f"use random bytes ({MAKE_A_KEY})"
+                )
+        elif not self.is_dev:
+            raise ConfigError(
+                f"JWT_SECRET is required in production (at least {MIN_SECRET_BYTES} "
+                f"random bytes, {MAKE_A_KEY})"
+            )
 
     def signing_key(self):
         """The HS256 key: JWT_SECRET, or in dev mode a random key kept in
         <DATA_DIR>/auth/jwt-secret so tokens survive restarts."""
+        self.check_secret()
         if self.JWT_SECRET:
-            if len(self.JWT_SECRET.encode()) < MIN_SECRET_BYTES:
-                raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long "
-                                  f"(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)")
             return self.JWT_SECRET.encode()
-        if not self.is_dev:
-            raise ConfigError(f"JWT_SECRET is required in production (at least {MIN_SECRET_BYTES} "
-                              f"random bytes, e.g. `python -c 'import secrets; "
-                              f"print(secrets.token_urlsafe(48))'`)")
         return dev_secret(Path(self.DATA_DIR) / "auth" / "jwt-secret")
 
 
@@ -85,6 +105,7 @@ def dev_secret(path):
             temporary.unlink()
     key = path.read_text().strip()
     if len(key.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"{path} holds a key shorter than {MIN_SECRET_BYTES} bytes; delete it "
-                          f"to have a new one made")
+        raise ConfigError(
+            f"{path} holds a key shorter than {MIN_SECRET_BYTES} bytes; delete it to have a new one made"
+        )
     return key.encode()

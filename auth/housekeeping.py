@@ -1,13 +1,16 @@
 """Deleting rows nobody needs any more: revocations of tokens that have
 expired anyway, failed logins older than the throttling window."""
+
 import threading
 import time
 from datetime import timedelta
 
 import sqlalchemy as sa
 
+from pms_common.models import utcnow
+
 from .extensions import db
-from .models import LoginFailure, RevokedToken, utcnow
+from .models import LoginFailure, RevokedToken
 
 
 class Housekeeping:

@@ -1,46 +1,33 @@
+"""Users, revoked tokens and failed logins."""
+
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pms_common.models import BigIntegerKey, UtcDateTime, utcnow
+
 from .extensions import db
-
-ADMIN, USER = "ADMIN", "USER"
-ROLES = (ADMIN, USER)
-
-
-def utcnow():
-    return datetime.now(timezone.utc)
-
-
-class UtcDateTime(sa.TypeDecorator):
-    """A timestamp that always comes back zone-aware in UTC (SQLite stores
-    them without a zone; they are written in UTC)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, _dialect):
-        return value.astimezone(timezone.utc) if value is not None and value.tzinfo else value
-
-    def process_result_value(self, value, _dialect):
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value
 
 
 class User(db.Model):
     __tablename__ = "users"
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
-    # Stored lower-cased; the unique index decides duplicates, so two racing
-    # creates cannot both pass (no read-then-write check).
+    # Stored as pms_common.identity.email_key; the unique index decides
+    # duplicates, so two racing creates cannot both pass (no read-then-write check).
     email: Mapped[str] = mapped_column(sa.String(255), unique=True)
     password_hash: Mapped[str] = mapped_column(sa.String(255))
     role: Mapped[str] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(sa.String(255))
+    disabled: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # Tokens carry the generation they were issued in (claim `gen`); a password
+    # change, role change or disabling moves it on, which refuses older tokens.
+    token_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The token that changed the password: it stays valid across that change.
+    kept_jti: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class RevokedToken(db.Model):
@@ -58,8 +45,7 @@ class LoginFailure(db.Model):
 
     __tablename__ = "login_failures"
 
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntegerKey, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(sa.String(320))
     failed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 

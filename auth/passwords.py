@@ -1,31 +1,48 @@
-"""Password hashing (argon2id) and the strength rule for new passwords."""
+"""Password hashing (argon2id) and the strength rule for new passwords and
+keys: NIST SP 800-63B, a minimum length and a guessability estimate (zxcvbn),
+no composition rules."""
+
 import secrets
-import string
+import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn import zxcvbn
+
+from pms_common.identity import email_key
 
 MIN_LENGTH = 12
+# zxcvbn's 0-4 scale; 3 is "safely unguessable" against an online attack.
+MIN_SCORE = 3
+# zxcvbn's matching grows steeply with length; later characters only add strength.
+ESTIMATE_PREFIX = 100
+# zxcvbn keeps the user inputs in a module-level dictionary between calls.
+_zxcvbn_lock = threading.Lock()
 
 
-def character_class(char):
-    for name, members in (("lower", string.ascii_lowercase), ("upper", string.ascii_uppercase),
-                          ("digit", string.digits)):
-        if char in members:
-            return name
-    return "other"
+def estimate(text, user_inputs=()):
+    """zxcvbn's estimate (`score`, `guesses_log10`, `feedback`) of the text's first characters."""
+    with _zxcvbn_lock:
+        return zxcvbn(text[:ESTIMATE_PREFIX], user_inputs=list(user_inputs), max_length=ESTIMATE_PREFIX)
 
 
-def password_weakness(password, email):
+def password_weakness(password, email=None):
     """Why a new password is too weak, or None if it is acceptable."""
     if len(password) < MIN_LENGTH:
         return f"Must be at least {MIN_LENGTH} characters long."
-    classes_used = {character_class(char) for char in password}
-    if len(classes_used) < 2:
-        return "Must mix at least two kinds of characters (lower case, upper case, digits, others)."
-    if email and email.strip().lower() in password.lower():
-        return "Must not contain the email address."
-    return None
+    user_inputs = []
+    if email:
+        key = email_key(email.strip())
+        user_inputs = [key, key.partition("@")[0]]
+    result = estimate(password, user_inputs)
+    if result["score"] >= MIN_SCORE:
+        return None
+    feedback = result["feedback"]
+    warning = feedback.get("warning")
+    if any(match.get("dictionary_name") == "user_inputs" for match in result["sequence"]):
+        warning = "It contains the email address."
+    advice = " ".join(part for part in [warning, *feedback.get("suggestions", ())] if part)
+    return f"Too easy to guess. {advice or 'Use a longer passphrase of uncommon words.'}"
 
 
 class Passwords:
@@ -33,8 +50,7 @@ class Passwords:
     exists: an unknown user is checked against a dummy hash of the same cost."""
 
     def __init__(self, time_cost, memory_kib, parallelism):
-        self.hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib,
-                                     parallelism=parallelism)
+        self.hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
 
     def hash(self, password):

@@ -1,4 +1,5 @@
 """An auth app on a real, migrated database (SQLite and PostgreSQL)."""
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -9,9 +10,21 @@ from auth.seed import seed_users
 from tests.auth.helpers import FAST_ARGON2, JWT_SECRET
 from tests.support import migrated_apps
 
-AUTH_ENV_VARS = ("PMS_ENV", "JWT_SECRET", "JWT_TTL_SECONDS", "LOGIN_MAX_FAILURES", "LOGIN_MAX_FAILURES_PER_CLIENT",
-                 "LOGIN_WINDOW_SECONDS", "ADMIN_EMAIL", "ADMIN_PASSWORD", "ARGON2_TIME_COST",
-                 "ARGON2_MEMORY_KIB", "ARGON2_PARALLELISM", "AUTH_DATABASE_URL", "DATABASE_URL")
+AUTH_ENV_VARS = (
+    "PMS_ENV",
+    "JWT_SECRET",
+    "JWT_TTL_SECONDS",
+    "LOGIN_MAX_FAILURES",
+    "LOGIN_MAX_FAILURES_PER_CLIENT",
+    "LOGIN_WINDOW_SECONDS",
+    "ADMIN_EMAIL",
+    "ADMIN_PASSWORD",
+    "ARGON2_TIME_COST",
+    "ARGON2_MEMORY_KIB",
+    "ARGON2_PARALLELISM",
+    "AUTH_DATABASE_URL",
+    "DATABASE_URL",
+)
 
 
 class NoSecretsClient(FlaskClient):
@@ -36,9 +49,18 @@ def make_app(database_url, tmp_path, monkeypatch):
         return app
 
     with migrated_apps(with_checked_responses, MIGRATIONS_DIR, db) as build:
+
         def make(seed=True, **settings):
-            config = Config(**{"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
-                               "ENV": "dev", "JWT_SECRET": JWT_SECRET, **FAST_ARGON2, **settings})
+            config = Config(
+                **{
+                    "DATABASE_URL": database_url,
+                    "DATA_DIR": str(tmp_path / "data"),
+                    "ENV": "dev",
+                    "JWT_SECRET": JWT_SECRET,
+                    **FAST_ARGON2,
+                    **settings,
+                }
+            )
             return build(config, seed_users if seed else None)
 
         yield make

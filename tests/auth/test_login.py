@@ -1,4 +1,5 @@
 """POST /login: tokens, one answer for every bad credential, input checks, rehashing."""
+
 import statistics
 import time
 
@@ -7,8 +8,7 @@ import sqlalchemy as sa
 
 from auth.extensions import db
 from auth.models import User
-from tests.auth.helpers import (DEV_USER_EMAIL, DEV_USER_PASSWORD, JWT_SECRET, bearer,
-                                create_user, login)
+from tests.auth.helpers import DEV_USER_EMAIL, JWT_SECRET, bearer, create_user, login
 
 
 def test_login_returns_a_bearer_jwt_with_the_expected_claims(client):
@@ -29,8 +29,9 @@ def test_login_returns_a_bearer_jwt_with_the_expected_claims(client):
 
 
 def test_each_login_gets_its_own_token_id(client):
-    first, second = (jwt.decode(login(client).get_json()["token"], options={"verify_signature": False})
-                     for _ in range(2))
+    first, second = (
+        jwt.decode(login(client).get_json()["token"], options={"verify_signature": False}) for _ in range(2)
+    )
     assert first["jti"] != second["jti"]
 
 
@@ -46,6 +47,14 @@ def test_email_is_compared_case_insensitively(client):
     assert response.status_code == 200
     token = response.get_json()["token"]
     assert client.get("/validate", headers=bearer(token)).get_json()["sub"] == DEV_USER_EMAIL
+
+
+def test_a_look_alike_spelling_of_the_email_finds_the_account(client):
+    full_width = "\uff34\uff45\uff53\uff54\uff35\uff53\uff45\uff52@test.com"  # ＴｅｓｔＵｓｅｒ
+    response = login(client, email=full_width)
+    assert response.status_code == 200
+    claims = jwt.decode(response.get_json()["token"], options={"verify_signature": False})
+    assert claims["sub"] == DEV_USER_EMAIL
 
 
 def test_unknown_user_and_wrong_password_get_the_same_answer(client):
@@ -101,8 +110,13 @@ def test_unknown_user_takes_as_long_as_a_wrong_password(make_app):
     Attempts alternate so that machine noise hits both series alike. The cost
     is OWASP's argon2id minimum: hashing dominates (as in production) while a
     loaded test machine still gets through quickly."""
-    client = make_app(ARGON2_TIME_COST=2, ARGON2_MEMORY_KIB=19456, ARGON2_PARALLELISM=1,
-                      LOGIN_MAX_FAILURES=1000, LOGIN_MAX_FAILURES_PER_CLIENT=1000).test_client()
+    client = make_app(
+        ARGON2_TIME_COST=2,
+        ARGON2_MEMORY_KIB=19456,
+        ARGON2_PARALLELISM=1,
+        LOGIN_MAX_FAILURES=1000,
+        LOGIN_MAX_FAILURES_PER_CLIENT=1000,
+    ).test_client()
     login(client, "warm@test.com", "x")
     timings = {"unknown": [], "wrong": []}
     for attempt in range(10):

@@ -1,4 +1,5 @@
 """Failed logins per account and per client: 429 with Retry-After, then recovery."""
+
 import time
 
 from tests.auth.helpers import DEV_USER_EMAIL, DEV_USER_PASSWORD, create_user, login
@@ -23,10 +24,27 @@ def test_an_account_is_locked_after_max_failures_even_for_the_right_password(cli
     assert login(client, "other@test.com", "Correct-horse-42", **from_client("10.0.1.1")).status_code == 200
 
 
+def test_look_alike_spellings_of_an_email_count_against_one_account(client):
+    spellings = [
+        "TestUser@test.com",
+        "TESTUSER@TEST.COM",
+        "\uff54\uff45\uff53\uff54user@test.com",
+        "testuser@\uff54\uff45\uff53\uff54.com",
+        "testuser@test.com",
+    ]
+    for attempt, email in enumerate(spellings):
+        assert login(client, email, "wrong", **from_client(f"10.0.0.{attempt}")).status_code == 401
+
+    assert login(client, **from_client("10.0.1.1")).status_code == 429
+
+
 def test_a_client_is_locked_after_its_own_higher_limit_across_accounts(client):
     """A shared clinic address tolerates more failures than one account does."""
     for attempt in range(20):
-        assert login(client, f"guess{attempt}@test.com", "wrong", **from_client("203.0.113.7")).status_code == 401
+        assert (
+            login(client, f"guess{attempt}@test.com", "wrong", **from_client("203.0.113.7")).status_code
+            == 401
+        )
 
     assert login(client, **from_client("203.0.113.7")).status_code == 429
     assert login(client, **from_client("203.0.113.8")).status_code == 200
@@ -41,8 +59,12 @@ def test_unknown_accounts_are_throttled_like_known_ones(client):
 
 def test_the_client_is_the_last_forwarded_address_without_the_envoy_header(client):
     for attempt in range(20):
-        login(client, f"guess{attempt}@test.com", "wrong",
-              **{"X-Forwarded-For": f"198.51.100.{attempt}, 192.0.2.1"})
+        login(
+            client,
+            f"guess{attempt}@test.com",
+            "wrong",
+            **{"X-Forwarded-For": f"198.51.100.{attempt}, 192.0.2.1"},
+        )
 
     assert login(client, **{"X-Forwarded-For": "198.51.100.99, 192.0.2.1"}).status_code == 429
     assert login(client, **{"X-Forwarded-For": "192.0.2.1, 192.0.2.2"}).status_code == 200

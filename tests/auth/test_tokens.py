@@ -1,9 +1,10 @@
 """GET /validate and POST /logout: every way a token can be wrong is a 401."""
+
 import base64
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import sqlalchemy as sa
@@ -15,8 +16,14 @@ from tests.auth.helpers import DEV_USER_EMAIL, JWT_SECRET, bearer, create_user, 
 
 def claims(**changes):
     now = int(time.time())
-    base = {"sub": DEV_USER_EMAIL, "role": "ADMIN", "iat": now, "exp": now + 600,
-            "jti": uuid.uuid4().hex, "iss": "pms-auth"}
+    base = {
+        "sub": DEV_USER_EMAIL,
+        "role": "ADMIN",
+        "iat": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "iss": "pms-auth",
+    }
     base.update(changes)
     return {key: value for key, value in base.items() if value is not None}
 
@@ -92,6 +99,11 @@ def forged_tokens():
         "unknown role": hs256(role="ROOT"),
         "empty jti": hs256(jti=""),
         "non-string sub": hs256(sub=42),
+        "string iat": hs256(iat=str(now)),
+        "string gen": hs256(gen="0"),
+        "float gen": hs256(gen=0.0),
+        "boolean gen": hs256(gen=False),
+        "unknown user": hs256(sub="nobody@test.com"),
         **{f"no {claim}": hs256(**{claim: None}) for claim in ("sub", "role", "iat", "exp", "jti", "iss")},
     }
 
@@ -129,25 +141,28 @@ def test_revocation_is_kept_until_the_token_expires(app, client):
     jti, exp = (jwt.decode(token, options={"verify_signature": False})[key] for key in ("jti", "exp"))
     with app.app_context():
         revoked = db.session.get(RevokedToken, jti)
-        assert revoked.expires_at == datetime.fromtimestamp(exp, timezone.utc)
+        assert revoked.expires_at == datetime.fromtimestamp(exp, UTC)
 
 
 def test_logout_with_an_invalid_token_is_401(client):
     for case, headers in MALFORMED_AUTHORIZATION.items():
         assert_refused(client.post("/logout", headers=headers), case)
-    assert_refused(client.post("/logout", headers=bearer(hs256(iat=int(time.time()) - 4000,
-                                                                exp=int(time.time()) - 60))))
+    assert_refused(
+        client.post("/logout", headers=bearer(hs256(iat=int(time.time()) - 4000, exp=int(time.time()) - 60)))
+    )
 
 
 def test_housekeeping_deletes_expired_revocations_and_old_failures(app):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with app.app_context():
-        db.session.add_all([
-            RevokedToken(jti="expired", expires_at=now - timedelta(seconds=1)),
-            RevokedToken(jti="current", expires_at=now + timedelta(hours=1)),
-            LoginFailure(key="account:old@test.com", failed_at=now - timedelta(seconds=301)),
-            LoginFailure(key="account:new@test.com", failed_at=now - timedelta(seconds=10)),
-        ])
+        db.session.add_all(
+            [
+                RevokedToken(jti="expired", expires_at=now - timedelta(seconds=1)),
+                RevokedToken(jti="current", expires_at=now + timedelta(hours=1)),
+                LoginFailure(key="account:old@test.com", failed_at=now - timedelta(seconds=301)),
+                LoginFailure(key="account:new@test.com", failed_at=now - timedelta(seconds=10)),
+            ]
+        )
         db.session.commit()
 
         assert app.extensions["housekeeping"].run_if_due()
