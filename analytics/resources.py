@@ -1,18 +1,30 @@
 """The analytics API: figures the consumer keeps, read-only."""
+
 from flask.views import MethodView
-from flask_smorest import Blueprint
+
+from pms_common.identity import USER, require_role
+from pms_common.web import ApiBlueprint
 
 from . import store
 from .extensions import db
 from .schemas import MonthlyRegistrationSchema, RegistrationQuerySchema, SummarySchema
 
-blp = Blueprint("analytics", __name__, url_prefix="/analytics",
-                description="Figures counted from patient events")
+blp = ApiBlueprint(
+    "analytics", __name__, url_prefix="/analytics", description="Figures counted from patient events"
+)
+
+
+def signed_in(view):
+    """Documents the answers `require_role(USER)` and the gateway give."""
+    view = blp.alt_response(403, description="The caller's role may not read figures")(view)
+    return blp.alt_response(401, description="No token, or an invalid, expired or revoked one")(view)
 
 
 @blp.route("/summary")
 class SummaryResource(MethodView):
+    @require_role(USER)
     @blp.response(200, SummarySchema)
+    @signed_in
     def get(self):
         """Patient totals
 
@@ -24,8 +36,10 @@ class SummaryResource(MethodView):
 
 @blp.route("/registrations")
 class RegistrationsResource(MethodView):
+    @require_role(USER)
     @blp.arguments(RegistrationQuerySchema(), location="query", as_kwargs=True)
     @blp.response(200, MonthlyRegistrationSchema(many=True))
+    @signed_in
     def get(self, first_month=None, last_month=None):
         """Registrations per month
 

@@ -1,34 +1,52 @@
 """Request and response shapes (JSON in camelCase, as the rest of the API)."""
+
 import re
-from datetime import timezone
+from datetime import UTC
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-MONTH_PATTERN = re.compile(r"\d{4}-(0[1-9]|1[0-2])\Z")  # Regexp uses match(): \Z ends it
+# Valid in Python and ECMA alike (Swagger UI checks it in the browser): `(?!\n)`
+# keeps Python's `$` from matching before a trailing newline.
+MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])(?!\n)$")
 
 
-class UtcDateTime(fields.DateTime):
+class UtcZDateTime(fields.DateTime):
     """RFC 3339 in UTC with a 'Z', the way the events carry times."""
 
     def _serialize(self, value, attr, obj, **kwargs):
         if value is None:
             return None
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class SummarySchema(Schema):
-    patientsCreated = fields.Integer(required=True, attribute="patients_created",
-                                     metadata={"description": "Patients created (each patient once)"})
-    patientsUpdated = fields.Integer(required=True, attribute="patients_updated",
-                                     metadata={"description": "Patient update events"})
-    patientsDeleted = fields.Integer(required=True, attribute="patients_deleted",
-                                     metadata={"description": "Patients deleted (each patient once)"})
-    activePatients = fields.Integer(required=True, attribute="active_patients",
-                                    metadata={"description": "Patients created and not deleted"})
-    eventsProcessed = fields.Integer(required=True, attribute="events_processed",
-                                     metadata={"description": "Distinct events counted"})
-    lastEventAt = UtcDateTime(required=True, allow_none=True, attribute="last_event_at",
-                              metadata={"description": "Latest occurred_at of any event counted, or null"})
+    patientsCreated = fields.Integer(
+        required=True,
+        attribute="patients_created",
+        metadata={"description": "Patients created (each patient once)"},
+    )
+    patientsUpdated = fields.Integer(
+        required=True, attribute="patients_updated", metadata={"description": "Patient update events"}
+    )
+    patientsDeleted = fields.Integer(
+        required=True,
+        attribute="patients_deleted",
+        metadata={"description": "Patients deleted (each patient once)"},
+    )
+    activePatients = fields.Integer(
+        required=True,
+        attribute="active_patients",
+        metadata={"description": "Patients created and not deleted"},
+    )
+    eventsProcessed = fields.Integer(
+        required=True, attribute="events_processed", metadata={"description": "Distinct events counted"}
+    )
+    lastEventAt = UtcZDateTime(
+        required=True,
+        allow_none=True,
+        attribute="last_event_at",
+        metadata={"description": "Latest occurred_at of any event counted, or null"},
+    )
 
 
 class MonthlyRegistrationSchema(Schema):
@@ -37,8 +55,11 @@ class MonthlyRegistrationSchema(Schema):
 
 
 def _month_field(data_key, description):
-    return fields.String(data_key=data_key, validate=validate.Regexp(MONTH_PATTERN, error="must be a month as YYYY-MM"),
-                         metadata={"description": description, "example": "2024-01"})
+    return fields.String(
+        data_key=data_key,
+        validate=validate.Regexp(MONTH_PATTERN, error="must be a month as YYYY-MM"),
+        metadata={"description": description, "example": "2024-01"},
+    )
 
 
 class RegistrationQuerySchema(Schema):

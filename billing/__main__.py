@@ -1,45 +1,61 @@
-"""python -m billing: migrate, serve gRPC, consume patient events, drain on SIGTERM."""
+"""`python -m billing`: migrate, serve gRPC, consume patient events, drain on SIGTERM;
+`python -m billing migrate`: migrate only."""
+
 import logging
-import sys
+import threading
 
-from pms_common.config import ConfigError
-from pms_common.grpc_server import serve_until_signalled
-from pms_common.heap import freeze_start_up_objects
-from pms_common.logs import configure_logging
+from pms_common.entry import Migrate, run_command
+from pms_common.freeze import freeze_start_up_objects
+from pms_common.metrics import start_part_metrics
+from pms_common.telemetry import instrument_engines, start_tracing, stop_tracing
+from pms_common.worker import retry_until_done, stop_on_signals
 
-from . import SERVICE_NAMES, create_server, set_ready
+from . import create_server, readiness_probe
 from .config import Config
-from .events import PatientEventConsumer
+from .consumer import BillingEventConsumer, consumer_settings
 from .store import Store
 
-log = logging.getLogger("billing")
+log = logging.getLogger(__name__)
 
 
-def main():
-    try:
-        config = Config()
-    except ConfigError as exc:
-        sys.exit(f"billing: {exc}")
-    configure_logging(config.SERVICE, config.LOG_LEVEL)
+def serve(config):
     config.ensure_data_dir()
+    start_part_metrics(config.DATA_DIR, "billing", config.BIND_HOST, config.METRICS_PORT, config.COPY)
+    start_tracing("billing")
     store = Store(config.DATABASE_URL)
+    instrument_engines([store.engine])
     consumer = None
     try:
-        store.migrate()
-        address = f"{config.BIND_HOST}:{config.PORT}"
-        server, _port, health = create_server(config, address, store=store)
-        server.start()
-        set_ready(health, store)
+        # A database that is away at start is waited for, like one lost later.
+        if not retry_until_done("billing migrations", store.migrate, stop_on_signals(threading.Event())):
+            return
+        _server, _port, frame = create_server(config, f"{config.BIND_HOST}:{config.PORT}", store=store)
+        frame.start()
         freeze_start_up_objects()
-        log.info("serving", extra={"address": address, "events": config.EVENTS_ENABLED})
+        log.info("serving", extra={"port": frame.port, "events": config.EVENTS_ENABLED})
         if config.EVENTS_ENABLED:
-            consumer = PatientEventConsumer(store, config.KAFKA_BOOTSTRAP_SERVERS,
-                                            config.EVENTS_GROUP_ID, config.EVENTS_TOPIC).start()
-        serve_until_signalled(server, health, SERVICE_NAMES, config.SHUTDOWN_GRACE_SECONDS)
+            consumer = BillingEventConsumer(store, consumer_settings(config)).start()
+        # SERVING from the probe's first answer on, and NOT_SERVING whenever the store is away.
+        frame.follow(readiness_probe(store, consumer))
+        frame.serve_until_signalled(config.SHUTDOWN_GRACE_SECONDS)
     finally:
         if consumer is not None:
             consumer.stop()
         store.dispose()
+        stop_tracing()
+
+
+def migrate(config):
+    config.ensure_data_dir()
+    store = Store(config.DATABASE_URL)
+    try:
+        store.migrate()
+    finally:
+        store.dispose()
+
+
+def main(argv=None):
+    run_command("billing", Config, serve, {"migrate": Migrate(migrate)}, argv)
 
 
 if __name__ == "__main__":

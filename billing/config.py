@@ -1,10 +1,12 @@
-from pms_common.config import ServiceConfig, env_bool, env_float, env_int, env_str
+"""Billing settings: the base settings plus the gRPC pool, the shutdown grace
+and the patient-event consumer."""
+
+from pms_common.config import ConfigError, ServiceConfig, env_bool, env_float, env_int, env_str
 from pms_common.events import PATIENT_TOPIC
 
 
 class Config(ServiceConfig):
     SERVICE = "billing"
-    DEFAULT_PORT = 9001
 
     def load(self):
         self.GRPC_MAX_WORKERS = env_int("GRPC_MAX_WORKERS", 16)
@@ -14,3 +16,12 @@ class Config(ServiceConfig):
         self.EVENTS_ENABLED = env_bool("EVENTS_ENABLED", True)
         self.EVENTS_TOPIC = PATIENT_TOPIC
         self.EVENTS_GROUP_ID = env_str("EVENTS_GROUP_ID", "billing-service")
+
+    def check(self):
+        super().check()
+        if self.GRPC_MAX_WORKERS < 1:
+            raise ConfigError(f"GRPC_MAX_WORKERS must be at least 1, got {self.GRPC_MAX_WORKERS}")
+        if self.SHUTDOWN_GRACE_SECONDS < 0:
+            raise ConfigError(
+                f"SHUTDOWN_GRACE_SECONDS must not be negative, got {self.SHUTDOWN_GRACE_SECONDS}"
+            )

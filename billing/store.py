@@ -1,7 +1,8 @@
-"""Billing accounts in SQL: one per patient, opened once, closed once."""
+"""Billing accounts in SQL: the statements of each call, built once, and the
+migrations that make the table."""
+
 import base64
 import secrets
-from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -9,34 +10,27 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pms_common.config import normalize_database_url
-from pms_common.db import engine_options
+from pms_common import metrics
+from pms_common.db import create_engine
+from pms_common.models import utcnow
 
-ACTIVE, CLOSED = "ACTIVE", "CLOSED"
+from .models import ACTIVE, CLOSED, Account, Base
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 VERSION_TABLE = "alembic_version_billing"  # one DATABASE_URL may hold every service's tables
-
-# Named constraints: batch migrations on SQLite can only alter what has a name.
-metadata = sa.MetaData(naming_convention={
-    "pk": "pk_%(table_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "ix": "ix_%(table_name)s_%(column_0_name)s",
-})
-
-accounts = sa.Table(
-    "billing_accounts", metadata,
-    sa.Column("account_id", sa.String(32), primary_key=True),
-    sa.Column("patient_id", sa.Uuid, nullable=False, unique=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("email", sa.String(320), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("closed_at", sa.DateTime(timezone=True)),
-    sa.CheckConstraint(f"status IN ('{ACTIVE}', '{CLOSED}')", name="status"),
-)
+metadata = Base.metadata
+# The calls run Core statements on the table: they need none of the ORM's work.
+accounts = Account.__table__
 
 _INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def accounts_opened():
+    return metrics.counter("pms_billing_accounts_opened_total", "Billing accounts opened")
+
+
+def accounts_closed():
+    return metrics.counter("pms_billing_accounts_closed_total", "Billing accounts closed")
 
 
 def new_account_id():
@@ -56,32 +50,41 @@ def alembic_config():
     return config
 
 
-def utcnow():
-    return datetime.now(timezone.utc)
-
-
 class Store:
     def __init__(self, database_url):
-        self.url = normalize_database_url(database_url)
+        self._url = database_url
         # Every call is one statement, atomic by itself, so the pool's
         # connections stay in autocommit: no BEGIN and COMMIT round trips, and
-        # no switching a connection's mode at each checkout (a fifth of a
-        # call's SQLAlchemy time).
-        self.engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", **engine_options(self.url))
+        # no switching a connection's mode at each checkout.
+        self.engine = create_engine(database_url, autocommit=True)
         insert = _INSERT[self.engine.dialect.name]
         by_patient = accounts.c.patient_id == sa.bindparam("patient")
         # Built once; each call only binds values.
-        self._open = (insert(accounts).on_conflict_do_nothing(index_elements=[accounts.c.patient_id])
-                      .returning(*accounts.c))
+        self._open = (
+            insert(accounts)
+            .on_conflict_do_nothing(index_elements=[accounts.c.patient_id])
+            .returning(*accounts.c)
+        )
         self._get = sa.select(accounts).where(by_patient)
-        self._close = (sa.update(accounts).where(by_patient, accounts.c.status == ACTIVE)
-                       .values(status=CLOSED, closed_at=sa.bindparam("now")))
+        self._close = (
+            sa.update(accounts)
+            .where(by_patient, accounts.c.status == ACTIVE)
+            .values(status=CLOSED, closed_at=sa.bindparam("now"))
+        )
+        # Pages by patient_id (its unique index), each after the last one seen.
+        self._active_first = (
+            sa.select(accounts.c.patient_id)
+            .where(accounts.c.status == ACTIVE, accounts.c.created_at <= sa.bindparam("opened_by"))
+            .order_by(accounts.c.patient_id)
+            .limit(sa.bindparam("page_size"))
+        )
+        self._active_after = self._active_first.where(accounts.c.patient_id > sa.bindparam("after"))
 
     def migrate(self):
         """Brings the schema to the newest migration."""
         config = alembic_config()
         # In a transaction, on an engine of its own: a failed migration leaves nothing half done.
-        engine = sa.create_engine(self.url)
+        engine = create_engine(self._url)
         try:
             with engine.begin() as connection:
                 config.attributes["connection"] = connection
@@ -102,12 +105,22 @@ class Store:
         statement commits on its own (autocommit): the insert is atomic and
         the read after a lost race sees the winner's committed row."""
         with self.engine.connect() as connection:
-            row = connection.execute(self._open, {
-                "account_id": new_account_id(), "patient_id": patient_id, "name": name,
-                "email": email, "status": ACTIVE, "created_at": utcnow(), "closed_at": None,
-            }).first()
+            row = connection.execute(
+                self._open,
+                {
+                    "account_id": new_account_id(),
+                    "patient_id": patient_id,
+                    "name": name,
+                    "email": email,
+                    "status": ACTIVE,
+                    "created_at": utcnow(),
+                    "closed_at": None,
+                },
+            ).first()
             if row is None:
                 row = connection.execute(self._get, {"patient": patient_id}).one()
+            else:
+                accounts_opened().inc()
         return row
 
     def get_account(self, patient_id):
@@ -118,8 +131,20 @@ class Store:
         """Closes the account (a closed one keeps its first closed_at); None if there is none.
         The UPDATE commits by itself; the read after it sees the account as it now is."""
         with self.engine.connect() as connection:
-            connection.execute(self._close, {"patient": patient_id, "now": utcnow()})
+            if connection.execute(self._close, {"patient": patient_id, "now": utcnow()}).rowcount:
+                accounts_closed().inc()
             return connection.execute(self._get, {"patient": patient_id}).first()
+
+    def list_active_accounts(self, min_age, after, page_size):
+        """Patient ids of ACTIVE accounts opened at least `min_age` (a
+        timedelta) ago, in patient_id order, after `after` (None: from the
+        first), at most `page_size` of them."""
+        params = {"opened_by": utcnow() - min_age, "page_size": page_size}
+        statement = self._active_first
+        if after is not None:
+            statement, params["after"] = self._active_after, after
+        with self.engine.connect() as connection:
+            return connection.execute(statement, params).scalars().all()
 
     def dispose(self):
         self.engine.dispose()

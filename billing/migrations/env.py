@@ -1,15 +1,21 @@
 """Alembic environment for billing. Start-up passes its connection in
 config.attributes; the alembic CLI (alembic.ini here) connects to the
 configured DATABASE_URL instead."""
-import sqlalchemy as sa
+
 from alembic import context
 
 from billing.store import VERSION_TABLE, metadata, own_names
+from pms_common.db import create_engine
 
 
 def run_migrations(connection):
-    context.configure(connection=connection, target_metadata=metadata, include_name=own_names,
-                      version_table=VERSION_TABLE, render_as_batch=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        include_name=own_names,
+        version_table=VERSION_TABLE,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -20,7 +26,9 @@ def main():
         run_migrations(connection)
         return
     from billing.config import Config
-    engine = sa.create_engine(Config().SQLALCHEMY_DATABASE_URI)
+
+    config = Config()
+    engine = create_engine(config.DATABASE_URL)
     try:
         with engine.begin() as connection:
             run_migrations(connection)

@@ -1,5 +1,6 @@
 """Analytics fixtures: an app on a migrated real database, a unique topic,
 and a consumer running in a thread against the real broker."""
+
 import threading
 import uuid
 from contextlib import contextmanager
@@ -8,8 +9,9 @@ import pytest
 
 from analytics import MIGRATIONS_DIR, create_app
 from analytics.config import Config
-from analytics.consumer import PatientEventConsumer
+from analytics.consumer import AnalyticsEventConsumer
 from analytics.extensions import db
+from pms_common.identity import USER
 from tests.support import migrated_apps
 
 PARTITIONS = 3
@@ -17,16 +19,23 @@ PARTITIONS = 3
 
 def make_config(database_url, bootstrap="127.0.0.1:1", **overrides):
     suffix = uuid.uuid4().hex[:10]
-    settings = dict(DATABASE_URL=database_url, KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-                    PATIENT_TOPIC=f"patient-{suffix}", DEAD_LETTER_TOPIC=f"patient-{suffix}.dlq",
-                    CONSUMER_GROUP=f"analytics-{suffix}", TOPIC_PARTITIONS=PARTITIONS)
+    settings = dict(
+        DATABASE_URL=database_url,
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        PATIENT_TOPIC=f"patient-{suffix}",
+        DEAD_LETTER_TOPIC=f"patient-{suffix}.dlq",
+        CONSUMER_GROUP=f"analytics-{suffix}",
+        TOPIC_PARTITIONS=PARTITIONS,
+    )
     return Config(**{**settings, **overrides})
 
 
 @pytest.fixture
 def app_factory(tmp_path):
-    """Builds migrated apps; their engines are closed before the database is dropped."""
-    with migrated_apps(create_app, MIGRATIONS_DIR, db) as build:
+    """Builds migrated apps whose test clients call as a USER (reads need no
+    more); their engines are closed before the database is dropped."""
+    with migrated_apps(create_app, MIGRATIONS_DIR, db, role=USER) as build:
+
         def build_in_tmp(config):
             config.DATA_DIR = str(tmp_path)
             return build(config)
@@ -52,7 +61,7 @@ def sqlite_client(app_factory, tmp_path):
 
 
 @contextmanager
-def running_consumer(app, config, consumer_class=PatientEventConsumer):
+def running_consumer(app, config, consumer_class=AnalyticsEventConsumer):
     """Runs the consumer loop in a thread until the block ends."""
     stop = threading.Event()
     with app.app_context():

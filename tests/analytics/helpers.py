@@ -1,7 +1,8 @@
 """Building, producing and reading patient events for the analytics tests."""
+
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
@@ -9,14 +10,20 @@ from pms_common.events import CREATED, PatientEvent
 from pms_common.kafka import consumer_config, producer_config
 
 
-def patient_event(event_type=CREATED, patient_id=None, event_id=None, occurred_at=None,
-                  registered_date="2024-01-15"):
+def patient_event(
+    event_type=CREATED, patient_id=None, event_id=None, occurred_at=None, registered_date="2024-01-15"
+):
     return PatientEvent(
-        patientId=str(uuid.uuid4()) if patient_id is None else patient_id, name="Ada Lovelace",
-        email="ada@example.com", event_type=event_type,
+        patientId=str(uuid.uuid4()) if patient_id is None else patient_id,
+        name="Ada Lovelace",
+        email="ada@example.com",
+        event_type=event_type,
         event_id=str(uuid.uuid4()) if event_id is None else event_id,
-        occurred_at=occurred_at or datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-        address="1 Main St", date_of_birth="1990-12-10", registered_date=registered_date)
+        occurred_at=occurred_at or datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        address="1 Main St",
+        date_of_birth="1990-12-10",
+        registered_date=registered_date,
+    )
 
 
 def produce(bootstrap, topic, events=(), raw=(), producer=None):

@@ -1,4 +1,5 @@
 """The consumer in a thread against the real broker and each real database."""
+
 import time
 import uuid
 from collections import Counter
@@ -8,7 +9,7 @@ import sqlalchemy as sa
 from confluent_kafka import Producer
 
 from analytics import store
-from analytics.consumer import PatientEventConsumer
+from analytics.consumer import AnalyticsEventConsumer
 from analytics.extensions import db
 from analytics.models import ConsumerStatus
 from pms_common.events import CREATED, DELETED, UPDATED
@@ -34,10 +35,12 @@ def sqlite_consumer_setup(app_factory, tmp_path, broker):
 
 def sample_events(created=200, updated=60, deleted=40):
     months = ["2023-12", "2024-01", "2024-02", "2024-03"]
-    creates = [patient_event(CREATED, registered_date=f"{months[i % 4]}-{i % 28 + 1:02d}") for i in range(created)]
+    creates = [
+        patient_event(CREATED, registered_date=f"{months[i % 4]}-{i % 28 + 1:02d}") for i in range(created)
+    ]
     updates = [patient_event(UPDATED, creates[i].patientId) for i in range(updated)]
     deletes = [patient_event(DELETED, creates[-1 - i].patientId) for i in range(deleted)]
-    remaining = Counter(event.registered_date[:7] for event in creates[:created - deleted])
+    remaining = Counter(event.registered_date[:7] for event in creates[: created - deleted])
     return creates + updates + deletes, [{"month": m, "count": remaining[m]} for m in sorted(remaining)]
 
 
@@ -46,8 +49,13 @@ def test_n_events_count_exactly_n_and_redeliveries_change_nothing(consumer_setup
     client = app.test_client()
     events, registrations = sample_events()
     produce(broker.bootstrap, config.PATIENT_TOPIC, events)
-    expected = {"patientsCreated": 200, "patientsUpdated": 60, "patientsDeleted": 40, "activePatients": 160,
-                "eventsProcessed": 300}
+    expected = {
+        "patientsCreated": 200,
+        "patientsUpdated": 60,
+        "patientsDeleted": 40,
+        "activePatients": 160,
+        "eventsProcessed": 300,
+    }
 
     with running_consumer(app, config):
         wait_for(lambda: summary(client)["eventsProcessed"] == 300, 30, message="300 events counted")
@@ -56,8 +64,12 @@ def test_n_events_count_exactly_n_and_redeliveries_change_nothing(consumer_setup
         assert client.get("/analytics/registrations").get_json() == registrations
         # Every event again, as a producer retrying or a replay from the start would send them.
         produce(broker.bootstrap, config.PATIENT_TOPIC, events)
-        wait_for(lambda: committed_total(broker.bootstrap, config.CONSUMER_GROUP, config.PATIENT_TOPIC) == 600,
-                 20, interval=0.3, message="the copies consumed")
+        wait_for(
+            lambda: committed_total(broker.bootstrap, config.CONSUMER_GROUP, config.PATIENT_TOPIC) == 600,
+            20,
+            interval=0.3,
+            message="the copies consumed",
+        )
     assert summary(client) == first
     assert client.get("/analytics/registrations").get_json() == registrations
 
@@ -88,17 +100,22 @@ def stream_events(app, config, broker, counted_batches, count, every_seconds):
         producer.poll(0)
         time.sleep(every_seconds)
     assert producer.flush(10) == 0
-    wait_for(lambda: summary(app.test_client())["eventsProcessed"] == count + 1, 30,
-             message=f"{count + 1} events counted")
+    wait_for(
+        lambda: summary(app.test_client())["eventsProcessed"] == count + 1,
+        30,
+        message=f"{count + 1} events counted",
+    )
     stream = counted_batches[1:]
     assert sum(stream) == count
     return stream
 
 
-def test_a_stream_of_events_shares_transactions_through_the_fetch_wait(consumer_setup, broker, counted_batches):
+def test_a_stream_of_events_shares_transactions_through_the_fetch_wait(
+    consumer_setup, broker, counted_batches
+):
     """By default (for Tansu, which holds a fetch that finds nothing) there is
-    no gather wait: the fetch wait batches. 197 transactions for 200 events
-    with a fetch wait of 1 ms."""
+    no gather wait: the fetch wait batches (bench/README.md, "Consumers and
+    the outbox relay")."""
     app, config = consumer_setup
     assert config.BATCH_WAIT_MS == 0
     with running_consumer(app, config):
@@ -106,8 +123,9 @@ def test_a_stream_of_events_shares_transactions_through_the_fetch_wait(consumer_
     assert len(stream) <= 100, f"{len(stream)} transactions for 200 events: {stream}"
 
 
-def test_from_a_broker_that_answers_at_once_the_gather_wait_batches(database_url, app_factory, broker,
-                                                                    counted_batches):
+def test_from_a_broker_that_answers_at_once_the_gather_wait_batches(
+    database_url, app_factory, broker, counted_batches
+):
     """Kafka answers a fetch as soon as an event is there (here: Tansu with a
     1 ms fetch wait); compose and ECS set a 30 ms gather for it."""
     config = make_config(database_url, broker.bootstrap, FETCH_WAIT_MS=1, BATCH_WAIT_MS=30)
@@ -117,19 +135,29 @@ def test_from_a_broker_that_answers_at_once_the_gather_wait_batches(database_url
     assert len(stream) <= 100, f"{len(stream)} transactions for 200 events: {stream}"
 
 
-def test_undecodable_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(sqlite_consumer_setup, broker):
+def test_undecodable_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
+    sqlite_consumer_setup, broker
+):
     app, config = sqlite_consumer_setup
     key = "one-partition"  # same key: the good event comes after the bad ones
     bad = [
         (b"\x08\x96\x01 not protobuf \xff", "not a PatientEvent protobuf"),
         (patient_event(event_id="").SerializeToString(), "missing event_id"),
-        (patient_event(event_type="PATIENT_MERGED").SerializeToString(), "unknown event_type 'PATIENT_MERGED'"),
+        (
+            patient_event(event_type="PATIENT_MERGED").SerializeToString(),
+            "unknown event_type 'PATIENT_MERGED'",
+        ),
         (patient_event(patient_id="patient-7").SerializeToString(), "patientId is not a UUID"),
     ]
     good = patient_event(CREATED)
-    produce(broker.bootstrap, config.PATIENT_TOPIC, raw=[
-        *[(key, value, [("trace", f"t{i}".encode())]) for i, (value, _) in enumerate(bad)],
-        (key, good.SerializeToString(), None)])
+    produce(
+        broker.bootstrap,
+        config.PATIENT_TOPIC,
+        raw=[
+            *[(key, value, [("trace", f"t{i}".encode())]) for i, (value, _) in enumerate(bad)],
+            (key, good.SerializeToString(), None),
+        ],
+    )
 
     with running_consumer(app, config):
         wait_for(lambda: summary(app.test_client())["eventsProcessed"] == 1, 30, message="good event counted")
@@ -146,18 +174,21 @@ def test_undecodable_messages_go_to_the_dead_letter_topic_and_consumption_goes_o
         assert int(headers["dlq-source-offset"]) == message.offset()  # one partition, same order
 
 
-class UnreachableDeadLetterConsumer(PatientEventConsumer):
+class UnreachableDeadLetterConsumer(AnalyticsEventConsumer):
     """Its dead-letter producer talks to a port where no broker listens."""
 
-    def _make_producer(self):
+    def make_dead_letter_producer(self):
         return Producer(producer_config(f"127.0.0.1:{free_port()}", **{"message.timeout.ms": 300}))
 
 
 def test_a_bad_message_is_not_committed_until_the_dead_letter_topic_takes_it(sqlite_consumer_setup, broker):
     app, config = sqlite_consumer_setup
     client = app.test_client()
-    produce(broker.bootstrap, config.PATIENT_TOPIC, raw=[("k", b"garbage", None),
-                                                         ("k", patient_event().SerializeToString(), None)])
+    produce(
+        broker.bootstrap,
+        config.PATIENT_TOPIC,
+        raw=[("k", b"garbage", None), ("k", patient_event().SerializeToString(), None)],
+    )
 
     def last_error():
         with app.app_context(), db.engine.connect() as connection:
@@ -175,8 +206,12 @@ def test_a_bad_message_is_not_committed_until_the_dead_letter_topic_takes_it(sql
 
 
 def test_readiness_goes_red_when_the_consumer_stops(app_factory, tmp_path, broker):
-    config = make_config(f"sqlite:///{tmp_path / 'analytics.db'}", broker.bootstrap,
-                         HEARTBEAT_SECONDS=0.2, CONSUMER_STALE_SECONDS=1.0)
+    config = make_config(
+        f"sqlite:///{tmp_path / 'analytics.db'}",
+        broker.bootstrap,
+        HEARTBEAT_SECONDS=0.2,
+        CONSUMER_STALE_SECONDS=1.0,
+    )
     client = app_factory(config).test_client()
     with running_consumer(client.application, config):
         wait_for(lambda: client.get("/health/ready").status_code == 200, 20, message="ready")
@@ -198,14 +233,17 @@ def test_the_running_consumer_forgets_ids_older_than_its_dedup_window(sqlite_con
     from datetime import timedelta
 
     from analytics.models import ProcessedEvent
-    from analytics.store import utc_now
+    from pms_common.models import utcnow
+
     app, config = sqlite_consumer_setup
     config.DEDUP_HOURS = 24.0
-    now = utc_now()
+    now = utcnow()
     with app.app_context(), db.engine.begin() as connection:
-        connection.execute(sa.insert(ProcessedEvent), [
-            {"event_id": f"old-{i}", "processed_at": now - timedelta(hours=25)} for i in range(3)]
-            + [{"event_id": "within-the-window", "processed_at": now - timedelta(hours=23)}])
+        connection.execute(
+            sa.insert(ProcessedEvent),
+            [{"event_id": f"old-{i}", "processed_at": now - timedelta(hours=25)} for i in range(3)]
+            + [{"event_id": "within-the-window", "processed_at": now - timedelta(hours=23)}],
+        )
     event = patient_event(CREATED)
     produce(broker.bootstrap, config.PATIENT_TOPIC, [event])
     client = app.test_client()
@@ -215,4 +253,5 @@ def test_the_running_consumer_forgets_ids_older_than_its_dedup_window(sqlite_con
         def kept():
             with app.app_context(), db.engine.connect() as connection:
                 return set(connection.scalars(sa.select(ProcessedEvent.event_id)))
+
         wait_for(lambda: kept() == {"within-the-window", event.event_id}, 10, message="old ids forgotten")

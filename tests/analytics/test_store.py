@@ -1,14 +1,15 @@
 """Counting rules and idempotence of the store, on each real database."""
+
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
 from analytics import store
-from analytics.events import decode
 from analytics.extensions import db
 from analytics.models import PatientState, ProcessedEvent
-from pms_common.events import CREATED, DELETED, UPDATED
+from pms_common.events import CREATED, DELETED, UPDATED, decode
+from pms_common.models import utcnow
 
 from .helpers import patient_event
 
@@ -21,7 +22,8 @@ def apply(app, *events):
 def figures(app):
     with app.app_context(), db.engine.connect() as connection:
         return store.read_summary(connection), {
-            row["month"]: row["count"] for row in store.read_registrations(connection)}
+            row["month"]: row["count"] for row in store.read_registrations(connection)
+        }
 
 
 def test_each_event_counts_once_and_a_replay_changes_nothing(app):
@@ -34,8 +36,16 @@ def test_each_event_counts_once_and_a_replay_changes_nothing(app):
         patient_event(DELETED, bob, occurred_at="2024-03-01T10:00:04Z"),
     ]
     assert apply(app, *events) == 5
-    expected = ({"patients_created": 2, "patients_updated": 2, "patients_deleted": 1, "active_patients": 1,
-                 "events_processed": 5}, {"2024-01": 1})
+    expected = (
+        {
+            "patients_created": 2,
+            "patients_updated": 2,
+            "patients_deleted": 1,
+            "active_patients": 1,
+            "events_processed": 5,
+        },
+        {"2024-01": 1},
+    )
     summary, months = figures(app)
     assert {k: v for k, v in summary.items() if k != "last_event_at"} == expected[0]
     assert summary["last_event_at"].isoformat() == "2024-03-01T10:00:04+00:00"
@@ -55,8 +65,12 @@ def test_a_duplicate_inside_one_batch_counts_once(app):
 def test_a_patient_is_created_and_deleted_once_whatever_the_event_ids(app):
     patient = str(uuid.uuid4())
     apply(app, patient_event(CREATED, patient, registered_date="2024-05-01"))
-    apply(app, patient_event(CREATED, patient, registered_date="2024-05-01"),
-          patient_event(DELETED, patient), patient_event(DELETED, patient))
+    apply(
+        app,
+        patient_event(CREATED, patient, registered_date="2024-05-01"),
+        patient_event(DELETED, patient),
+        patient_event(DELETED, patient),
+    )
     apply(app, patient_event(DELETED, patient), patient_event(CREATED, patient))
     summary, months = figures(app)
     assert (summary["patients_created"], summary["patients_deleted"], summary["active_patients"]) == (1, 1, 0)
@@ -71,8 +85,12 @@ def test_deleting_a_patient_never_seen_created_keeps_active_at_zero(app):
     summary, _ = figures(app)
     assert (summary["patients_deleted"], summary["active_patients"]) == (1, 0)
     with app.app_context(), db.engine.connect() as connection:
-        assert connection.execute(sa.select(PatientState.active)
-                                  .where(PatientState.patient_id == stranger)).scalar_one() is False
+        assert (
+            connection.execute(
+                sa.select(PatientState.active).where(PatientState.patient_id == stranger)
+            ).scalar_one()
+            is False
+        )
 
 
 def test_registrations_follow_creates_and_deletes_per_month(app):
@@ -138,13 +156,16 @@ def test_batches_of_every_size_make_a_handful_of_distinct_statements(app):
 
 def test_ids_of_old_events_are_forgotten_in_chunks_and_recent_ones_still_stop_redeliveries(app):
     from datetime import timedelta
+
     old, recent = patient_event(CREATED), patient_event(CREATED)
-    now = store.utc_now()
+    now = utcnow()
     with app.app_context(), db.engine.begin() as connection:
         store.apply_events(connection, [decode(old.SerializeToString())], now=now - timedelta(days=9))
         store.apply_events(connection, [decode(recent.SerializeToString())], now=now - timedelta(hours=1))
-        connection.execute(sa.insert(ProcessedEvent), [
-            {"event_id": str(uuid.uuid4()), "processed_at": now - timedelta(days=10)} for _ in range(4)])
+        connection.execute(
+            sa.insert(ProcessedEvent),
+            [{"event_id": str(uuid.uuid4()), "processed_at": now - timedelta(days=10)} for _ in range(4)],
+        )
     with app.app_context(), db.engine.begin() as connection:
         cutoff = now - timedelta(days=8)
         assert store.forget_processed_events(connection, cutoff, limit=3) == 3

@@ -1,8 +1,9 @@
 """A real billing server on port 0 over a migrated database, and a way to
 make a call slow for real (another transaction holds the patient's row)."""
+
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import grpc
@@ -12,8 +13,10 @@ import sqlalchemy as sa
 from billing import Config, create_server, set_ready
 from billing.store import ACTIVE, Store, accounts
 from pms_common.config import normalize_database_url
+from pms_common.identity import SERVICE, USER
 from pms_common.protos import billing_service_pb2 as pb
 from pms_common.protos import billing_service_pb2_grpc
+from tests.support import channel_as
 
 
 @pytest.fixture
@@ -24,6 +27,12 @@ def store(database_url):
     migrated.dispose()
 
 
+def rightful_role(method):
+    """The role each RPC's real caller has: a user reads an account (through
+    the gateway), the patient service opens and closes them."""
+    return USER if method.endswith("/GetBillingAccount") else SERVICE
+
+
 @contextmanager
 def serving(store, database_url):
     config = Config(DATABASE_URL=database_url, EVENTS_ENABLED=False)
@@ -32,8 +41,13 @@ def serving(store, database_url):
     set_ready(health, store)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield SimpleNamespace(server=server, port=port, health=health, channel=channel,
-                              stub=billing_service_pb2_grpc.BillingServiceStub(channel))
+        yield SimpleNamespace(
+            server=server,
+            port=port,
+            health=health,
+            channel=channel,
+            stub=billing_service_pb2_grpc.BillingServiceStub(channel_as(channel, rightful_role)),
+        )
     finally:
         channel.close()
         server.stop(None)
@@ -65,9 +79,16 @@ def row_held(database_url, patient_id):
     try:
         with engine.connect() as connection:
             transaction = connection.begin()
-            connection.execute(accounts.insert().values(
-                account_id="ACC-HELD", patient_id=uuid.UUID(str(patient_id)), name="held",
-                email="held@example.com", status=ACTIVE, created_at=datetime.now(timezone.utc)))
+            connection.execute(
+                accounts.insert().values(
+                    account_id="ACC-HELD",
+                    patient_id=uuid.UUID(str(patient_id)),
+                    name="held",
+                    email="held@example.com",
+                    status=ACTIVE,
+                    created_at=datetime.now(UTC),
+                )
+            )
             try:
                 yield
             finally:

@@ -1,4 +1,5 @@
 """The committed migrations build the schema the code expects, on both databases."""
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -24,7 +25,8 @@ def test_upgrade_from_empty_creates_the_schema(database_url):
             assert connection.scalar(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")) == head
             # The migrations and the table the code uses agree.
             context = MigrationContext.configure(
-                connection, opts={"version_table": VERSION_TABLE, "include_name": own_names})
+                connection, opts={"version_table": VERSION_TABLE, "include_name": own_names}
+            )
             assert compare_metadata(context, metadata) == []
         store.check()
     finally:

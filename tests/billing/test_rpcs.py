@@ -1,4 +1,5 @@
 """BillingService through a real channel, on SQLite and PostgreSQL."""
+
 import threading
 import uuid
 
@@ -24,7 +25,10 @@ def test_create_opens_an_active_account(billing):
 
     account = billing.stub.GetBillingAccount(pb.GetBillingAccountRequest(patientId=str(patient_id)))
     assert (account.accountId, account.patientId, account.status) == (
-        response.accountId, str(patient_id), "ACTIVE")
+        response.accountId,
+        str(patient_id),
+        "ACTIVE",
+    )
     assert (account.name, account.email) == ("Ada Lovelace", "ada@example.com")
     assert account.createdAt.endswith("Z") and account.closedAt == ""
 
@@ -49,8 +53,9 @@ def test_racing_creates_make_one_account(billing, store):
     def create():
         start.wait()
         try:
-            account_ids.append(billing.stub.CreateBillingAccount(
-                new_patient_request(patient_id), timeout=20).accountId)
+            account_ids.append(
+                billing.stub.CreateBillingAccount(new_patient_request(patient_id), timeout=20).accountId
+            )
         except grpc.RpcError as exc:
             errors.append(exc)
 
@@ -65,8 +70,9 @@ def test_racing_creates_make_one_account(billing, store):
 
 
 def test_get_unknown_patient_is_not_found(billing):
-    error = rpc_error(billing.stub.GetBillingAccount,
-                      pb.GetBillingAccountRequest(patientId=str(uuid.uuid4())))
+    error = rpc_error(
+        billing.stub.GetBillingAccount, pb.GetBillingAccountRequest(patientId=str(uuid.uuid4()))
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -79,8 +85,13 @@ BAD_REQUESTS = [
     ("CreateBillingAccount", new_patient_request(email=""), "email"),
     ("CreateBillingAccount", new_patient_request(email="not-an-email"), "email"),
     ("CreateBillingAccount", new_patient_request(email="a@b"), "email"),
+    # PostgreSQL refuses NUL in text: the caller's error, not an INTERNAL one.
+    ("CreateBillingAccount", new_patient_request(name="Ada\x00Lovelace"), "name"),
+    ("CreateBillingAccount", new_patient_request(email="ada\x00@example.com"), "email"),
     ("GetBillingAccount", pb.GetBillingAccountRequest(patientId="12345"), "patientId"),
     ("CloseBillingAccount", pb.CloseBillingAccountRequest(patientId="x' OR 1=1"), "patientId"),
+    ("ListActiveAccounts", pb.ListActiveAccountsRequest(afterPatientId="not-a-uuid"), "afterPatientId"),
+    ("ListActiveAccounts", pb.ListActiveAccountsRequest(pageSize=1001), "pageSize"),
 ]
 
 
@@ -89,6 +100,17 @@ def test_bad_input_is_invalid_argument_naming_the_field(billing, store):
         error = rpc_error(getattr(billing.stub, method), request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, request)
         assert error.details().startswith(f"{field}: "), (method, request, error.details())
+    assert account_count(store) == 0
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument(billing, store):
+    """A string that is not UTF-8 cannot become the message: the caller's error
+    (grpc's own parsing would answer INTERNAL)."""
+    raw = new_patient_request(name="AXa").SerializeToString().replace(b"AXa", b"A\xffa")
+    call = billing.channel.unary_unary("/BillingService/CreateBillingAccount")
+    with pytest.raises(grpc.RpcError) as caught:
+        call(raw, timeout=5, metadata=(("x-user-email", "patient"), ("x-user-role", "SERVICE")))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert account_count(store) == 0
 
 
@@ -116,8 +138,9 @@ def test_create_after_close_returns_the_closed_account(billing, store):
 
 
 def test_close_unknown_patient_is_not_found(billing):
-    error = rpc_error(billing.stub.CloseBillingAccount,
-                      pb.CloseBillingAccountRequest(patientId=str(uuid.uuid4())))
+    error = rpc_error(
+        billing.stub.CloseBillingAccount, pb.CloseBillingAccountRequest(patientId=str(uuid.uuid4()))
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -126,8 +149,11 @@ def test_each_call_is_one_statement_on_connections_that_stay_in_autocommit(billi
     connections stay in autocommit (no BEGIN/COMMIT round trips) and are not
     switched at checkout and back at checkin."""
     statements = []
-    sa.event.listen(store.engine, "before_cursor_execute",
-                    lambda _conn, _cursor, statement, *_: statements.append(statement))
+    sa.event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: statements.append(statement),
+    )
     billing.stub.CreateBillingAccount(new_patient_request())
     assert len(statements) == 1 and statements[0].startswith("INSERT INTO billing_accounts")
     with store.engine.connect() as connection:

@@ -1,4 +1,5 @@
 """The server's frame: health that tells the truth, reflection, graceful stop."""
+
 import time
 import uuid
 
@@ -23,29 +24,49 @@ def health_of(channel, service):
 
 def test_health_is_serving_only_once_the_store_is_ready(database_url):
     store = Store(database_url)  # not migrated yet
-    server, port, health = create_server(Config(DATABASE_URL=database_url), "127.0.0.1:0", store=store)
+    server, port, frame = create_server(Config(DATABASE_URL=database_url), "127.0.0.1:0", store=store)
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert health_of(channel, "") == health_of(channel, "BillingService") == NOT_SERVING
             with pytest.raises(SQLAlchemyError):
-                set_ready(health, store)  # no table yet: stays NOT_SERVING
+                set_ready(frame, store)  # no table yet: stays NOT_SERVING
             assert health_of(channel, "BillingService") == NOT_SERVING
 
             store.migrate()
-            set_ready(health, store)
+            set_ready(frame, store)
             assert health_of(channel, "") == health_of(channel, "BillingService") == SERVING
     finally:
         server.stop(None)
         store.dispose()
 
 
-def test_reflection_lists_billing_and_health(billing):
-    stub = reflection_pb2_grpc.ServerReflectionStub(billing.channel)
-    answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-    names = {service.name for service in next(answers).list_services_response.service}
-    assert {"BillingService", "grpc.health.v1.Health"} <= names
+def listed_services(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    return {service.name for service in next(answers).list_services_response.service}
+
+
+def test_reflection_lists_billing_and_health_in_dev(billing):
+    assert {"BillingService", "grpc.health.v1.Health"} <= listed_services(billing.channel)
     assert SERVICE_NAMES == ("BillingService",)  # no proto package: the original's wire name
+
+
+def test_no_reflection_in_production(store, database_url, monkeypatch):
+    monkeypatch.setenv("PMS_ENV", "production")
+    server, port, frame = create_server(Config(DATABASE_URL=database_url), "127.0.0.1:0", store=store)
+    server.start()
+    try:
+        set_ready(frame, store)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                listed_services(channel)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert health_of(channel, "BillingService") == SERVING  # the rest serves as in dev
+    finally:
+        server.stop(None)
 
 
 def test_stop_lets_an_in_flight_call_finish(billing, store, database_url):

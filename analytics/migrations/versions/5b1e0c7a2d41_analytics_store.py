@@ -6,6 +6,7 @@ Revises:
 Create Date: 2025-01-01 00:00:00
 
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -29,8 +30,20 @@ def upgrade():
         sa.PrimaryKeyConstraint("id"),
     )
     # The one row the consumer adds to; created here so it never races to insert it.
-    op.bulk_insert(summary, [{"id": 1, "patients_created": 0, "patients_updated": 0, "patients_deleted": 0,
-                              "active_patients": 0, "events_processed": 0, "last_event_at": None}])
+    op.bulk_insert(
+        summary,
+        [
+            {
+                "id": 1,
+                "patients_created": 0,
+                "patients_updated": 0,
+                "patients_deleted": 0,
+                "active_patients": 0,
+                "events_processed": 0,
+                "last_event_at": None,
+            }
+        ],
+    )
     op.create_table(
         "analytics_registrations",
         sa.Column("month", sa.String(length=7), nullable=False),
@@ -67,4 +80,3 @@ def downgrade():
     op.drop_table("analytics_patients")
     op.drop_table("analytics_registrations")
     op.drop_table("analytics_summary")
-

@@ -5,6 +5,7 @@ Revises: 5b1e0c7a2d41
 Create Date: 2026-11-27 00:00:00
 
 """
+
 from alembic import op
 
 # revision identifiers, used by Alembic.
@@ -15,8 +16,9 @@ depends_on = None
 
 
 def upgrade():
-    op.create_index("ix_analytics_processed_events_processed_at", "analytics_processed_events",
-                    ["processed_at"])
+    op.create_index(
+        "ix_analytics_processed_events_processed_at", "analytics_processed_events", ["processed_at"]
+    )
 
 
 def downgrade():

@@ -4,8 +4,9 @@ Revision ID: 8c1f3a2b9d40
 Revises:
 Create Date: 2025-01-01 00:00:00
 """
-from alembic import op
+
 import sqlalchemy as sa
+from alembic import op
 
 revision = "8c1f3a2b9d40"
 down_revision = None
