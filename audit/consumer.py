@@ -1,0 +1,88 @@
+"""`python -m audit.consumer`: appends an entry for every patient change,
+from the change's event (written in the change's own transaction by
+patient's outbox), exactly once per event id.
+
+The loop is the kit's (pms_common.consumer): offsets are stored only after a
+batch's entries committed, an outage of the database or broker is waited
+out, so an audit store that is down delays entries and loses none."""
+
+import logging
+import os
+import socket
+import threading
+
+from pms_common.consumer import ConsumerSettings, EventConsumer
+from pms_common.entry import run_main
+from pms_common.events import CREATED, DELETED, UPDATED
+from pms_common.freeze import freeze_start_up_objects
+from pms_common.serve import migrate_and_seed
+from pms_common.status import StatusFile, status_path, waiting_for
+from pms_common.worker import retry_until_done, stop_on_signals
+
+from . import MIGRATIONS_DIR, create_app
+from .config import Config
+from .extensions import db
+from .store import NewEntry, append_entries
+
+log = logging.getLogger(__name__)
+# Event type -> the action, and the status the client got for that change.
+ACTION_OF_EVENT = {CREATED: ("CREATE", 201), UPDATED: ("UPDATE", 200), DELETED: ("DELETE", 204)}
+
+
+def entry_of_event(event) -> NewEntry:
+    """The audit entry of a change; an event without an audit context (the
+    dev seed, or written before events carried one) has no actor."""
+    action, status = ACTION_OF_EVENT[event.event_type]
+    context = event.audit
+    return NewEntry(
+        time=event.occurred_at,
+        action=action,
+        source=f"event:{event.event_id}",
+        patient_id=event.patient_id,
+        actor=context.actor_email if context else None,
+        actor_role=context.actor_role if context else None,
+        request_id=context.request_id if context else None,
+        status=status if context else None,
+        client_address=context.client_address if context else None,
+        fields=context.changed_fields if context else None,
+    )
+
+
+class AuditEventConsumer(EventConsumer):
+    # What the launcher reads (pms_common.status); run() gives it a file.
+    status_file = StatusFile(None)
+
+    def __init__(self, config, engine, stop=None):
+        self.config = config
+        self.engine = engine
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        super().__init__(ConsumerSettings.of_part(config, f"audit-{self.identity}"), stop)
+
+    def handle_batch(self, events):
+        with self.engine.begin() as connection:
+            appended = append_entries(connection, [entry_of_event(event) for event in events])
+        log.debug("batch audited", extra={"events": len(events), "appended": appended})
+
+    def report_status(self, ready, problem):
+        self.status_file.report("auditing patient events", waiting_for(self.outage))
+
+
+def run(config):
+    config.ensure_data_dir()
+    app = create_app(config)
+    stop = stop_on_signals(threading.Event())
+    if not retry_until_done("audit migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
+        return
+    freeze_start_up_objects()
+    with app.app_context():
+        consumer = AuditEventConsumer(config, db.engine, stop)
+        consumer.status_file = StatusFile(status_path(config.DATA_DIR, "audit-consumer"))
+        consumer.run()
+
+
+def main():
+    run_main("audit-consumer", Config, run)
+
+
+if __name__ == "__main__":
+    main()
