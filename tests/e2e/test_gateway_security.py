@@ -1,5 +1,6 @@
 """The gateway is the only door: every bad token is refused, roles hold,
 identity headers cannot be forged, and auth being down never lets anyone in."""
+
 import base64
 import json
 import time
@@ -14,8 +15,12 @@ from tests.e2e.conftest import supervisorctl
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
-PATIENT = {"name": "Gate Keeper", "address": "1 Door St", "dateOfBirth": "1980-01-01",
-           "registeredDate": "2024-01-01"}
+PATIENT = {
+    "name": "Gate Keeper",
+    "address": "1 Door St",
+    "dateOfBirth": "1980-01-01",
+    "registeredDate": "2024-01-01",
+}
 
 
 def signing_key(system):
@@ -24,8 +29,15 @@ def signing_key(system):
 
 def claims(**changes):
     now = int(time.time())
-    return {"sub": "testuser@test.com", "role": "ADMIN", "iat": now, "exp": now + 600,
-            "jti": uuid.uuid4().hex, "iss": "pms-auth", **changes}
+    return {
+        "sub": "testuser@test.com",
+        "role": "ADMIN",
+        "iat": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "iss": "pms-auth",
+        **changes,
+    }
 
 
 def b64(data):
@@ -45,8 +57,13 @@ def forged_tokens(system):
     key = signing_key(system)
     real = system.token()
     header, payload, signature = real.split(".")
-    tampered_payload = b64({**json.loads(base64.urlsafe_b64decode(payload + "==")), "role": "ADMIN",
-                            "sub": "intruder@example.com"})
+    tampered_payload = b64(
+        {
+            **json.loads(base64.urlsafe_b64decode(payload + "==")),
+            "role": "ADMIN",
+            "sub": "intruder@example.com",
+        }
+    )
     return {
         "no header": None,
         "not bearer": f"Basic {base64.b64encode(b'testuser@test.com:password123').decode()}",
@@ -55,11 +72,13 @@ def forged_tokens(system):
         "alg none": "Bearer " + b64({"alg": "none", "typ": "JWT"}) + "." + b64(claims()) + ".",
         "wrong key": "Bearer " + jwt.encode(claims(), "x" * 48, algorithm="HS256"),
         "other algorithm": "Bearer " + jwt.encode(claims(), key, algorithm="HS512"),
-        "expired": "Bearer " + jwt.encode(claims(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
-                                          key, algorithm="HS256"),
+        "expired": "Bearer "
+        + jwt.encode(
+            claims(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600), key, algorithm="HS256"
+        ),
         "tampered claims": f"Bearer {header}.{tampered_payload}.{signature}",
-        "missing jti": "Bearer " + jwt.encode({k: v for k, v in claims().items() if k != "jti"}, key,
-                                              algorithm="HS256"),
+        "missing jti": "Bearer "
+        + jwt.encode({k: v for k, v in claims().items() if k != "jti"}, key, algorithm="HS256"),
     }
 
 
@@ -72,19 +91,27 @@ def test_every_bad_token_is_401(system):
 def test_a_revoked_token_is_refused_within_the_cache_bound(system):
     token = system.token()
     assert status_with(system, f"Bearer {token}") == 200
-    logout = requests.post(f"{system.url}/auth/logout", headers={"Authorization": f"Bearer {token}"},
-                           timeout=10)
+    logout = requests.post(
+        f"{system.url}/auth/logout", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert logout.status_code == 204
     revoked_at = time.monotonic()
-    wait_for(lambda: status_with(system, f"Bearer {token}") == 401, timeout=5, interval=0.1,
-             message="the revoked token to be refused")
+    wait_for(
+        lambda: status_with(system, f"Bearer {token}") == 401,
+        timeout=5,
+        interval=0.1,
+        message="the revoked token to be refused",
+    )
     assert time.monotonic() - revoked_at < 3  # AUTHZ_CACHE_SECONDS=1 in these tests
 
 
 def authz_yes_count(system):
     """How many requests ext_authz has allowed (Envoy's own counter)."""
-    stats = requests.get(f"http://127.0.0.1:{system.ports['ENVOY_ADMIN_PORT']}/stats",
-                         params={"filter": r"^http\.gateway\.ext_authz\.ok$"}, timeout=10).text
+    stats = requests.get(
+        f"http://127.0.0.1:{system.ports['ENVOY_ADMIN_PORT']}/stats",
+        params={"filter": r"^http\.gateway\.ext_authz\.ok$"},
+        timeout=10,
+    ).text
     return int(stats.split(":")[1]) if stats.strip() else 0
 
 
@@ -101,8 +128,11 @@ def test_the_gateway_reuses_a_yes_only_for_the_same_token_and_role(system, user_
     # Another token, or the same token on a route that needs another role, is asked afresh.
     assert status_with(system, f"Bearer {user_token}") == 200
     reader = system.session(user_token)
-    denied = reader.post(f"{system.url}/api/patients", timeout=10,
-                         json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"})
+    denied = reader.post(
+        f"{system.url}/api/patients",
+        timeout=10,
+        json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"},
+    )
     assert denied.status_code == 403
 
 
@@ -111,14 +141,21 @@ def test_a_remembered_yes_still_replaces_client_sent_identity_headers(system):
     forged = {"X-User-Role": "ADMIN", "X-User-Email": "boss@example.com"}
     created = []
     for _ in range(3):  # the first is asked; the others answered from the gateway's memo
-        response = admin.post(f"{system.url}/api/patients", headers=forged, timeout=10,
-                              json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"})
+        response = admin.post(
+            f"{system.url}/api/patients",
+            headers=forged,
+            timeout=10,
+            json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"},
+        )
         assert response.status_code == 201
         created.append(response.json()["id"])
 
     def creators():
-        lines = [json.loads(line.split("| ", 1)[1]) for line in system.log_lines("patient")
-                 if "patient created" in line]
+        lines = [
+            json.loads(line.split("| ", 1)[1])
+            for line in system.log_lines("patient")
+            if "patient created" in line
+        ]
         return {line["patient_id"]: line.get("by") for line in lines if line["patient_id"] in created}
 
     wait_for(lambda: len(creators()) == 3, timeout=10, message="the creates in patient's log")
@@ -130,8 +167,9 @@ def user_token(system):
     admin = system.session()
     email = f"reader-{uuid.uuid4().hex[:6]}@example.com"
     password = "a-Long-enough-passphrase-7"
-    created = admin.post(f"{system.url}/auth/users", json={"email": email, "password": password,
-                                                           "role": "USER"}, timeout=10)
+    created = admin.post(
+        f"{system.url}/auth/users", json={"email": email, "password": password, "role": "USER"}, timeout=10
+    )
     assert created.status_code == 201, created.text
     return system.token({"email": email, "password": password})
 
@@ -140,8 +178,11 @@ def test_a_user_reads_but_cannot_write(system, user_token):
     reader = system.session(user_token)
     assert reader.get(f"{system.url}/api/patients", timeout=10).status_code == 200
     assert reader.get(f"{system.url}/api/analytics/summary", timeout=10).status_code == 200
-    create = reader.post(f"{system.url}/api/patients", timeout=10,
-                         json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"})
+    create = reader.post(
+        f"{system.url}/api/patients",
+        timeout=10,
+        json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"},
+    )
     assert create.status_code == 403 and create.json()["code"] == 403
     some_id = reader.get(f"{system.url}/api/patients", timeout=10).json()[0]["id"]
     assert reader.delete(f"{system.url}/api/patients/{some_id}", timeout=10).status_code == 403
@@ -152,8 +193,12 @@ def test_a_user_reads_but_cannot_write(system, user_token):
 def test_client_sent_identity_headers_are_ignored(system, user_token):
     forged = {"X-User-Role": "ADMIN", "X-User-Email": "boss@example.com"}
     reader = system.session(user_token)
-    create = reader.post(f"{system.url}/api/patients", headers=forged, timeout=10,
-                         json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"})
+    create = reader.post(
+        f"{system.url}/api/patients",
+        headers=forged,
+        timeout=10,
+        json={**PATIENT, "email": f"{uuid.uuid4().hex[:8]}@example.com"},
+    )
     assert create.status_code == 403
     # With no token at all, forged headers get nowhere either.
     anonymous = requests.post(f"{system.url}/api/patients", headers=forged, json=PATIENT, timeout=10)
@@ -164,17 +209,35 @@ def test_login_throttling_then_recovery(system):
     email = f"throttle-{uuid.uuid4().hex[:6]}@example.com"
     admin = system.session()
     password = "Another-long-passphrase-9"
-    assert admin.post(f"{system.url}/auth/users", json={"email": email, "password": password,
-                                                        "role": "USER"}, timeout=10).status_code == 201
-    statuses = [requests.post(f"{system.url}/auth/login", json={"email": email, "password": "wrong-one"},
-                              timeout=10).status_code for _ in range(6)]
+    assert (
+        admin.post(
+            f"{system.url}/auth/users",
+            json={"email": email, "password": password, "role": "USER"},
+            timeout=10,
+        ).status_code
+        == 201
+    )
+    statuses = [
+        requests.post(
+            f"{system.url}/auth/login", json={"email": email, "password": "wrong-one"}, timeout=10
+        ).status_code
+        for _ in range(6)
+    ]
     assert statuses[:5] == [401] * 5 and statuses[5] == 429
     right = requests.post(f"{system.url}/auth/login", json={"email": email, "password": password}, timeout=10)
     assert right.status_code == 429 and right.headers.get("Retry-After")
     # LOGIN_WINDOW_SECONDS=3 in these tests.
-    wait_for(lambda: requests.post(f"{system.url}/auth/login", json={"email": email, "password": password},
-                                   timeout=10).status_code == 200, timeout=15, interval=0.5,
-             message="login to work again after the window")
+    wait_for(
+        lambda: (
+            requests.post(
+                f"{system.url}/auth/login", json={"email": email, "password": password}, timeout=10
+            ).status_code
+            == 200
+        ),
+        timeout=15,
+        interval=0.5,
+        message="login to work again after the window",
+    )
 
 
 def test_auth_down_never_lets_anyone_in(system):
@@ -182,13 +245,20 @@ def test_auth_down_never_lets_anyone_in(system):
     supervisorctl(system, "stop", "auth")
     try:
         time.sleep(1.5)  # past the ext_authz cache bound
-        statuses = {status_with(system, f"Bearer {token}"), status_with(system, "Bearer abc.def.ghi"),
-                    status_with(system, None)}
+        statuses = {
+            status_with(system, f"Bearer {token}"),
+            status_with(system, "Bearer abc.def.ghi"),
+            status_with(system, None),
+        }
         assert statuses <= {401, 503} and 503 in statuses
     finally:
         supervisorctl(system, "start", "auth")
-    wait_for(lambda: status_with(system, f"Bearer {token}") == 200, timeout=60, interval=0.5,
-             message="auth to come back")
+    wait_for(
+        lambda: status_with(system, f"Bearer {token}") == 200,
+        timeout=60,
+        interval=0.5,
+        message="auth to come back",
+    )
 
 
 def test_gateway_errors_are_json(system):
@@ -202,12 +272,18 @@ def test_gateway_errors_are_json(system):
         body = down.json()
         assert body["code"] == 503 and body["status"] == "Service Unavailable" and body["message"]
         health = requests.get(f"{system.url}/health", timeout=10)
-        wait_for(lambda: requests.get(f"{system.url}/health", timeout=10).status_code == 503, timeout=15,
-                 message="/health to go red")
+        wait_for(
+            lambda: requests.get(f"{system.url}/health", timeout=10).status_code == 503,
+            timeout=15,
+            message="/health to go red",
+        )
     finally:
         supervisorctl(system, "start", "analytics")
-    wait_for(lambda: requests.get(f"{system.url}/health", timeout=10).status_code == 200, timeout=60,
-             message="/health to recover")
+    wait_for(
+        lambda: requests.get(f"{system.url}/health", timeout=10).status_code == 200,
+        timeout=60,
+        message="/health to recover",
+    )
     assert health.headers["content-type"].startswith("application/json")
 
 
@@ -218,7 +294,13 @@ def test_request_ids_reach_the_services_logs(system):
     assert response.status_code == 200
     gateway_id = response.headers["x-request-id"]
     # The gateway makes its own id (a client's is not trusted) and passes it on.
-    wait_for(lambda: any(gateway_id in line for line in system.log_lines("patient")), timeout=10,
-             message="the request id in patient's logs")
-    wait_for(lambda: any(gateway_id in line for line in system.log_lines("gateway")), timeout=10,
-             message="the request id in the gateway's access log")
+    wait_for(
+        lambda: any(gateway_id in line for line in system.log_lines("patient")),
+        timeout=10,
+        message="the request id in patient's logs",
+    )
+    wait_for(
+        lambda: any(gateway_id in line for line in system.log_lines("gateway")),
+        timeout=10,
+        message="the request id in the gateway's access log",
+    )

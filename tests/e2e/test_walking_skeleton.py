@@ -1,5 +1,7 @@
 """The thin path through every real part, through the gateway only."""
+
 import json
+from pathlib import Path
 
 import psutil
 import pytest
@@ -15,11 +17,27 @@ pytestmark = pytest.mark.e2e
 def test_create_flows_from_gateway_to_billing_and_analytics(system):
     assert requests.get(f"{system.url}/health", timeout=5).status_code == 200
     api = system.session()
-    before = api.get(f"{system.url}/api/analytics/summary", timeout=5).json()["patientsCreated"]
+    # The seeded patients' events are counted shortly after start; count from there.
+    before = wait_for(
+        lambda: (
+            api.get(f"{system.url}/api/analytics/summary", timeout=5).json()["patientsCreated"] >= 15
+            and api.get(f"{system.url}/api/analytics/summary", timeout=5).json()["patientsCreated"]
+        ),
+        timeout=30,
+        message="the seeded patients counted",
+    )
 
-    response = api.post(f"{system.url}/api/patients", timeout=10, json={
-        "name": "Walking Skeleton", "email": "skeleton@example.com", "address": "1 Frame St",
-        "dateOfBirth": "1990-02-03", "registeredDate": "2024-06-01"})
+    response = api.post(
+        f"{system.url}/api/patients",
+        timeout=10,
+        json={
+            "name": "Walking Skeleton",
+            "email": "skeleton@example.com",
+            "address": "1 Frame St",
+            "dateOfBirth": "1990-02-03",
+            "registeredDate": "2024-06-01",
+        },
+    )
     assert response.status_code == 201, response.text
     patient = response.json()
     assert patient["billingStatus"] == "ACTIVE"
@@ -29,8 +47,13 @@ def test_create_flows_from_gateway_to_billing_and_analytics(system):
     assert account.json()["accountId"] == patient["billingAccountId"]
     assert account.json()["status"] == "ACTIVE"
 
-    wait_for(lambda: api.get(f"{system.url}/api/analytics/summary", timeout=5).json()["patientsCreated"]
-             == before + 1, timeout=20, message="analytics to count the new patient")
+    wait_for(
+        lambda: (
+            api.get(f"{system.url}/api/analytics/summary", timeout=5).json()["patientsCreated"] == before + 1
+        ),
+        timeout=20,
+        message="analytics to count the new patient",
+    )
 
 
 def test_without_a_valid_token_the_gateway_answers_401(system):
@@ -42,14 +65,24 @@ def test_without_a_valid_token_the_gateway_answers_401(system):
 
 def test_the_seeded_patients_and_user_are_there(system):
     api = system.session()  # the seeded dev user logged in
-    for patient_id, name in (("123e4567-e89b-12d3-a456-426614174000", "John Doe"),
-                             ("223e4567-e89b-12d3-a456-426614174014", "Isabella Walker")):
+    for patient_id, name in (
+        ("123e4567-e89b-12d3-a456-426614174000", "John Doe"),
+        ("223e4567-e89b-12d3-a456-426614174014", "Isabella Walker"),
+    ):
         response = api.get(f"{system.url}/api/patients/{patient_id}", timeout=5)
         assert response.status_code == 200, (patient_id, response.text)
         assert response.json()["name"] == name
     # Seeded patients get their billing accounts through the worker's retry.
-    wait_for(lambda: api.get(f"{system.url}/api/billing/accounts/123e4567-e89b-12d3-a456-426614174000",
-                             timeout=5).status_code == 200, timeout=20, message="seed billing account")
+    wait_for(
+        lambda: (
+            api.get(
+                f"{system.url}/api/billing/accounts/123e4567-e89b-12d3-a456-426614174000", timeout=5
+            ).status_code
+            == 200
+        ),
+        timeout=20,
+        message="seed billing account",
+    )
 
 
 def test_every_part_logs_json_lines_with_its_name(system):
@@ -62,19 +95,27 @@ def test_every_part_logs_json_lines_with_its_name(system):
 
 def test_a_killed_part_is_restarted_and_reported(system):
     run_dir = system.env["PMS_RUN_DIR"]
-    supervisor_pid = int(open(f"{run_dir}/supervisord.pid").read())
-    children = {p.pid: p for p in psutil.Process(supervisor_pid).children()
-                if "analytics.consumer" in " ".join(p.cmdline())}
-    (pid, process), = children.items()
+    supervisor_pid = int(Path(run_dir, "supervisord.pid").read_text())
+    children = {
+        p.pid: p
+        for p in psutil.Process(supervisor_pid).children()
+        if "analytics.consumer" in " ".join(p.cmdline())
+    }
+    ((pid, process),) = children.items()
     process.kill()
 
     def restarted():
-        return any("analytics.consumer" in " ".join(p.cmdline()) and p.pid != pid
-                   for p in psutil.Process(supervisor_pid).children())
+        return any(
+            "analytics.consumer" in " ".join(p.cmdline()) and p.pid != pid
+            for p in psutil.Process(supervisor_pid).children()
+        )
 
     wait_for(restarted, timeout=30, message="the consumer to be restarted")
-    wait_for(lambda: any("analytics-consumer died" in line for line in system.output), timeout=10,
-             message="the launcher to report the dead part")
+    wait_for(
+        lambda: any("analytics-consumer died" in line for line in system.output),
+        timeout=10,
+        message="the launcher to report the dead part",
+    )
 
 
 def test_the_grpc_parts_run_with_the_tuned_grpc_settings(system):
@@ -85,14 +126,24 @@ def test_the_grpc_parts_run_with_the_tuned_grpc_settings(system):
 
 def test_every_python_process_freezes_its_start_up_objects(system):
     # Without gc.freeze() a full collection walks every start-up object with the
-    # GIL held (pms_common/heap.py). gunicorn parts: in the master before it
+    # GIL held (pms_common/freeze.py). gunicorn parts: in the master before it
     # forks (so the workers' collections leave the pages they share alone), and
     # once per worker.
     workers = int(system.env.get("WEB_CONCURRENCY", "2"))
-    expected = {"patient": 1 + workers, "auth": 1 + workers, "analytics": 1 + workers, "billing": 1,
-                "patient-worker": 1, "analytics-consumer": 1, "ext-authz": 1}
+    expected = {
+        "patient": 1 + workers,
+        "auth": 1 + workers,
+        "analytics": 1 + workers,
+        "billing": 1,
+        "patient-worker": 1,
+        "analytics-consumer": 1,
+        "ext-authz": 1,
+    }
     for part, processes in expected.items():
-        frozen = [json.loads(line.split(" | ", 1)[1]) for line in system.log_lines(part)
-                  if '"start-up objects frozen"' in line]
+        frozen = [
+            json.loads(line.split(" | ", 1)[1])
+            for line in system.log_lines(part)
+            if '"start-up objects frozen"' in line
+        ]
         assert len(frozen) >= processes, (part, frozen)
         assert all(entry["objects"] > 10_000 for entry in frozen), (part, frozen)
