@@ -2,6 +2,7 @@
 bench/stack_floor.py: gunicorn (our settings) and Flask echoing the JSON body
 (/echo/patients), and the same through flask-smorest with a marshmallow schema
 of the create's five fields (/smorest/patients). No database, no calls."""
+
 import marshmallow as ma
 from flask import Flask, jsonify, request
 from flask_smorest import Api, Blueprint

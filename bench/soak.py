@@ -9,6 +9,7 @@ processes) is read. Errors are wrk's non-2xx answers and socket errors. After
 the load it waits (up to 2 min) until analytics counts every patient and every
 patient has its billing account, and says how long that took.
 """
+
 import argparse
 import json
 import time
@@ -16,6 +17,8 @@ import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from pms_common.db import create_engine
 
 from . import figures
 from .__main__ import RESULTS
@@ -31,20 +34,27 @@ def caught_up(db_url):
     """After the load: how long until analytics counts every patient and every
     patient has its billing account (None if not within CATCH_UP_SECONDS),
     and the counts then."""
-    engine = sa.create_engine(db_url)
+    engine = create_engine(db_url)
     started = time.monotonic()
     try:
         while True:
             with engine.connect() as connection:
                 patients = connection.execute(sa.text("SELECT count(*) FROM patients")).scalar()
-                pending = connection.execute(sa.text(
-                    "SELECT count(*) FROM patients WHERE billing_status <> 'ACTIVE'")).scalar()
-                counted = connection.execute(sa.text("SELECT active_patients FROM analytics_summary")).scalar()
+                pending = connection.execute(
+                    sa.text("SELECT count(*) FROM patients WHERE billing_status <> 'ACTIVE'")
+                ).scalar()
+                counted = connection.execute(
+                    sa.text("SELECT active_patients FROM analytics_summary")
+                ).scalar()
             waited = time.monotonic() - started
             done = counted == patients and not pending
             if done or waited > CATCH_UP_SECONDS:
-                return {"patients": patients, "analytics_counted": counted, "billing_pending": pending,
-                        "caught_up_after_s": round(waited, 1) if done else None}
+                return {
+                    "patients": patients,
+                    "analytics_counted": counted,
+                    "billing_pending": pending,
+                    "caught_up_after_s": round(waited, 1) if done else None,
+                }
             time.sleep(0.5)
     finally:
         engine.dispose()
@@ -78,10 +88,15 @@ def main(argv=None):
             samples = [("start", rss_by_part(running))]
             pace_ms = CONNECTIONS * 1000 / rate  # first guess: as if requests took no time
             for minute in range(1, args.minutes + 1):
-                result = figures.wrk(f"{running.url}/api/patients", ROUND_SECONDS, CONNECTIONS,
-                                     headers=[f"Authorization: Bearer {token}"], script=SOAK_SCRIPT,
-                                     script_args=[f"{uuid.uuid4().hex[:6]}", round(pace_ms), READS_PER_CREATE],
-                                     threads=CONNECTIONS)
+                result = figures.wrk(
+                    f"{running.url}/api/patients",
+                    ROUND_SECONDS,
+                    CONNECTIONS,
+                    headers=[f"Authorization: Bearer {token}"],
+                    script=SOAK_SCRIPT,
+                    script_args=[f"{uuid.uuid4().hex[:6]}", round(pace_ms), READS_PER_CREATE],
+                    threads=CONNECTIONS,
+                )
                 creates_per_s = result["rps"] / (1 + READS_PER_CREATE)
                 rounds.append({**result, "pace_ms": round(pace_ms), "creates_per_s": round(creates_per_s, 1)})
                 samples.append((f"{minute} min", rss_by_part(running)))
@@ -96,12 +111,21 @@ def main(argv=None):
     errors = sum(r["errors"] for r in rounds)
     socket_errors = [r["socket_errors"] for r in rounds if r["socket_errors"] != "none"]
     achieved = round(sum(r["creates_per_s"] for r in rounds) / len(rounds), 1)
-    print(f"\nsoak: {args.minutes} min, {rate} creates/s asked, {achieved} achieved (+{READS_PER_CREATE} read"
-          f" each): {round(requests_done)} requests, non-2xx: {errors}, socket errors: {socket_errors or 'none'}")
-    print("per minute: creates/s " + ", ".join(str(r["creates_per_s"]) for r in rounds)
-          + "; p99 ms " + ", ".join(str(r["p99_ms"]) for r in rounds))
-    print(f"after the load: {pipeline['patients']} patients, analytics counted {pipeline['analytics_counted']},"
-          f" billing pending {pipeline['billing_pending']}; caught up after {pipeline['caught_up_after_s']} s")
+    print(
+        f"\nsoak: {args.minutes} min, {rate} creates/s asked, {achieved} achieved (+{READS_PER_CREATE} read"
+        f" each): {round(requests_done)} requests, non-2xx: {errors},"
+        f" socket errors: {socket_errors or 'none'}"
+    )
+    print(
+        "per minute: creates/s "
+        + ", ".join(str(r["creates_per_s"]) for r in rounds)
+        + "; p99 ms "
+        + ", ".join(str(r["p99_ms"]) for r in rounds)
+    )
+    print(
+        f"after the load: {pipeline['patients']} patients, analytics counted {pipeline['analytics_counted']},"
+        f" billing pending {pipeline['billing_pending']}; caught up after {pipeline['caught_up_after_s']} s"
+    )
     print("RSS MiB per part:")
     parts = sorted(samples[0][1])
     print(f"{'':>8}  " + " ".join(f"{p:>18}" for p in parts))

@@ -11,7 +11,7 @@ create costs when it does nothing but the hop:
   - gunicorn with our settings and Flask, flask-smorest loading and dumping
     the create's five fields with marshmallow (bench/floor_app.py; a bare
     Flask view that echoes the JSON is printed beside it);
-  - a unary gRPC call, client and server (bench/grpc_call_cost.py);
+  - a unary gRPC call, client and server (bench/grpc_call.py);
   - two single-row INSERTs in autocommit through SQLAlchemy Core (patient's
     row with its event, billing's account), client and PostgreSQL;
   - an event: produced once, consumed twice (analytics, billing), with the
@@ -19,8 +19,8 @@ create costs when it does nothing but the hop:
 Prints each, their sum (the floor), the budget, and the highest P2 ratio
 the floor allows: above it no create path on this stack can go, here.
 """
+
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -35,14 +35,23 @@ import requests
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer
 
-from pms_common.db import engine_options
+from pms_common.db import create_engine
 from pms_common.events import CREATED, PatientEvent
 from pms_common.kafka import consumer_config, ensure_topics, producer_config
+from stack.harness import free_port, wait_for
 from stack.parts import BIN, GRPC_EXPERIMENTS, ROOT, tansu_command, tcp_open
-from stack.running import free_port, wait_for
 
-from .figures import (CREATE_SCRIPT, bench_database, cpu_seconds, drop_database, postgres_admin_url,
-                      postgres_processes, raw_insert_rate, wrk)
+from .figures import (
+    CREATE_SCRIPT,
+    bench_database,
+    cpu_seconds,
+    drop_database,
+    postgres_admin_url,
+    postgres_processes,
+    raw_insert_rate,
+    wrk,
+)
+from .grpc_call import measure_in_subprocess
 
 P2_GOAL = 0.30
 SQL_WRITES_PER_CREATE = 2  # the patient with its event (one statement), billing's account
@@ -84,15 +93,44 @@ def http_floor(work, seconds, connections):
     app_port, envoy_port = free_port(), free_port()
     config = work / "envoy.yaml"
     config.write_text(ENVOY_CONFIG.format(port=envoy_port, app_port=app_port))
-    env = {**os.environ, "PMS_SERVICE": "floor", "LOG_LEVEL": "WARNING", "GRPC_EXPERIMENTS": GRPC_EXPERIMENTS}
-    app = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "pms_common" / "gunicorn_conf.py"),
-                            "--bind", f"127.0.0.1:{app_port}", "bench.floor_app:app"], cwd=ROOT, env=env)
-    envoy = subprocess.Popen([str(BIN / "envoy"), "-c", str(config), "--disable-hot-restart",
-                              "--concurrency", "1", "--log-level", "error"])
+    env = {**os.environ, "GRPC_EXPERIMENTS": GRPC_EXPERIMENTS}
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            str(ROOT / "pms_common" / "gunicorn_conf.py"),
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--bind",
+            f"127.0.0.1:{app_port}",
+            "bench.floor_app:app",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    envoy = subprocess.Popen(
+        [
+            str(BIN / "envoy"),
+            "-c",
+            str(config),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "error",
+        ]
+    )
     try:
         base = f"http://127.0.0.1:{envoy_port}"
-        wait_for(lambda: requests.post(f"{base}/echo/patients", json={}, timeout=1).status_code == 201,
-                 timeout=30, message="a POST through Envoy to gunicorn")
+        wait_for(
+            lambda: requests.post(f"{base}/echo/patients", json={}, timeout=1).status_code == 201,
+            timeout=30,
+            message="a POST through Envoy to gunicorn",
+        )
         app_processes, envoy_process = tree(psutil.Process(app.pid)), psutil.Process(envoy.pid)
         costs = {}
         for view in ("echo", "smorest"):
@@ -104,7 +142,9 @@ def http_floor(work, seconds, connections):
             assert result["errors"] == 0, result
             done = result["rps"] * result["seconds"]
             # Envoy's and wrk's shares are kept from the last run, the flask-smorest view's.
-            costs[view], costs["envoy"], costs["wrk"] = ((a - b) * 1000 / done for a, b in zip(after, before))
+            costs[view], costs["envoy"], costs["wrk"] = (
+                (a - b) * 1000 / done for a, b in zip(after, before, strict=True)
+            )
             costs[f"{view}_rps"] = result["rps"]
         return costs
     finally:
@@ -114,12 +154,7 @@ def http_floor(work, seconds, connections):
 
 
 def grpc_floor(calls=3000, threads=8):
-    output = subprocess.run(
-        [sys.executable, "-m", "bench.grpc_call_cost", "--call", str(free_port()), "--calls", str(calls),
-         "--threads", str(threads)],
-        env={**os.environ, "GRPC_EXPERIMENTS": GRPC_EXPERIMENTS}, capture_output=True, text=True,
-        check=True, timeout=300).stdout
-    figures = json.loads(output.strip().splitlines()[-1])
+    figures = measure_in_subprocess(GRPC_EXPERIMENTS, calls, threads)
     return figures["client_cpu_ms"], figures["server_cpu_ms"]
 
 
@@ -127,26 +162,33 @@ def sql_floor(database_url, writes=3000):
     """Single-row INSERTs in autocommit through SQLAlchemy Core on one open
     connection (no pool checkout per write): CPU ms per write of this client
     and of PostgreSQL."""
-    url = database_url.replace("postgresql://", "postgresql+psycopg://")
-    engine = sa.create_engine(url, **engine_options(url))
-    table = sa.Table("bench_floor", sa.MetaData(), sa.Column("id", sa.Uuid, primary_key=True),
-                     sa.Column("name", sa.String(255)), sa.Column("email", sa.String(320), unique=True),
-                     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()))
+    engine = create_engine(database_url, autocommit=True)
+    table = sa.Table(
+        "bench_floor",
+        sa.MetaData(),
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("name", sa.String(255)),
+        sa.Column("email", sa.String(320), unique=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    )
     table.create(engine)
     insert = sa.insert(table)
     try:
+
         def write(count):
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            with engine.connect() as connection:
                 for _ in range(count):
-                    connection.execute(insert, {"id": uuid.uuid4(), "name": "Floor",
-                                                "email": f"{uuid.uuid4().hex}@example.com"})
+                    connection.execute(
+                        insert,
+                        {"id": uuid.uuid4(), "name": "Floor", "email": f"{uuid.uuid4().hex}@example.com"},
+                    )
 
         write(200)  # warm up
         me, server = psutil.Process(), postgres_processes()
         before = cpu_seconds([me]), cpu_seconds(server)
         write(writes)
         after = cpu_seconds([me]), cpu_seconds(server)
-        return tuple((a - b) * 1000 / writes for a, b in zip(after, before))
+        return tuple((a - b) * 1000 / writes for a, b in zip(after, before, strict=True))
     finally:
         table.drop(engine)
         engine.dispose()
@@ -162,10 +204,17 @@ def event_floor(events=20000):
         servers = f"127.0.0.1:{port}"
         wait_for(lambda: tcp_open(port), timeout=30, message="the broker")
         ensure_topics(servers, ["floor"])
-        payload = PatientEvent(patientId=str(uuid.uuid4()), name="Floor Patient", email="floor@example.com",
-                               event_type=CREATED, event_id=str(uuid.uuid4()), occurred_at="2026-01-01T00:00:00Z",
-                               address="1 Floor St", date_of_birth="1980-01-01",
-                               registered_date="2024-01-01").SerializeToString()
+        payload = PatientEvent(
+            patientId=str(uuid.uuid4()),
+            name="Floor Patient",
+            email="floor@example.com",
+            event_type=CREATED,
+            event_id=str(uuid.uuid4()),
+            occurred_at="2026-01-01T00:00:00Z",
+            address="1 Floor St",
+            date_of_birth="1980-01-01",
+            registered_date="2024-01-01",
+        ).SerializeToString()
         me, broker_process = psutil.Process(), psutil.Process(broker.pid)
         producer = Producer(producer_config(servers))
         acknowledged = []
@@ -185,8 +234,12 @@ def event_floor(events=20000):
         consumer.close()
         assert received == events, (received, events)
         per_event = lambda a, b: (a - b) * 1000 / events  # noqa: E731
-        return {"produce": per_event(produced[0], start[0]), "consume": per_event(consumed[0], produced[0]),
-                "broker_produce": per_event(produced[1], start[1]), "broker_consume": per_event(consumed[1], produced[1])}
+        return {
+            "produce": per_event(produced[0], start[0]),
+            "consume": per_event(consumed[0], produced[0]),
+            "broker_produce": per_event(produced[1], start[1]),
+            "broker_consume": per_event(consumed[1], produced[1]),
+        }
     finally:
         broker.terminate()
         broker.wait(30)
@@ -239,7 +292,7 @@ def main(argv=None):
         print(f"{name:<46}{ms:>8.3f} ms")
     print(f"{'  (gunicorn + Flask alone, echo the JSON)':<46}{echo_ms:>8.3f} ms")
     print(f"{'floor of a create':<46}{floor:>8.3f} ms")
-    print(f"{'budget at P2 = %.2f (raw %.0f/s, %d cores)' % (P2_GOAL, raw, cores):<46}{budget:>8.3f} ms")
+    print(f"{f'budget at P2 = {P2_GOAL:.2f} (raw {raw:.0f}/s, {cores} cores)':<46}{budget:>8.3f} ms")
     print(f"highest P2 ratio the floor allows here: {ceiling_ratio(floor, raw)}")
 
 

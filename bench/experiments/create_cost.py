@@ -1,6 +1,6 @@
 """CPU per create, one client at a time: for comparing two versions of the create path.
 
-    .venv/bin/python -m bench.create_cost [--creates 3000]
+    .venv/bin/python -m bench.experiments.create_cost [--creates 3000]
 
 The patient app runs in this process (Flask's test client, no gunicorn, no
 gateway) against a fresh PostgreSQL database, with a real billing server as a
@@ -9,6 +9,7 @@ of billing and of PostgreSQL's processes, and the wall time. With no
 concurrency there is less noise than under wrk, but the machine is shared:
 run the two versions in turn, a few times each, in both orders.
 """
+
 import argparse
 import json
 import os
@@ -20,17 +21,30 @@ import uuid
 
 import psutil
 
+from pms_common.identity import ADMIN
+from stack.harness import free_port, wait_for
 from stack.parts import grpc_serving
-from stack.running import free_port, wait_for
 
-from .figures import bench_database, cpu_seconds, drop_database, postgres_admin_url, postgres_processes
+from ..figures import (
+    bench_database,
+    caller,
+    cpu_seconds,
+    drop_database,
+    postgres_admin_url,
+    postgres_processes,
+)
 
 WARM_UP_CREATES = 300
 
 
 def new_patient():
-    return {"name": "Ann Example", "email": f"{uuid.uuid4().hex}@example.com", "address": "1 Main St",
-            "dateOfBirth": "1990-01-01", "registeredDate": "2024-01-01"}
+    return {
+        "name": "Ann Example",
+        "email": f"{uuid.uuid4().hex}@example.com",
+        "address": "1 Main St",
+        "dateOfBirth": "1990-01-01",
+        "registeredDate": "2024-01-01",
+    }
 
 
 def main(argv=None):
@@ -41,34 +55,55 @@ def main(argv=None):
     db_name, db_url = bench_database(admin_url)
     data_dir = tempfile.mkdtemp(prefix="pms-create-cost-")
     billing_port = free_port()
-    settings = {"DATABASE_URL": db_url, "BILLING_PORT": str(billing_port), "EVENTS_ENABLED": "false",
-                "LOG_LEVEL": "WARNING", "PMS_DATA_DIR": data_dir}
+    settings = {
+        "DATABASE_URL": db_url,
+        "BILLING_PORT": str(billing_port),
+        "EVENTS_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+        "PMS_DATA_DIR": data_dir,
+    }
     billing = subprocess.Popen([sys.executable, "-m", "billing"], env={**os.environ, **settings})
     try:
         os.environ.update(settings)
         from flask_migrate import upgrade
 
         from patient import MIGRATIONS_DIR, create_app
+
         app = create_app()
         with app.app_context():
             upgrade(directory=MIGRATIONS_DIR)
         wait_for(lambda: grpc_serving(billing_port), timeout=30, message="the billing server")
         client = app.test_client()
+        client.environ_base.update(
+            {"HTTP_" + name.upper().replace("-", "_"): value for name, value in caller(ADMIN).items()}
+        )
         for _ in range(WARM_UP_CREATES):
             assert client.post("/patients", json=new_patient()).status_code == 201
         bodies = [new_patient() for _ in range(args.creates)]
-        parts = {"patient": [psutil.Process()], "billing": [psutil.Process(billing.pid)],
-                 "postgres": postgres_processes()}
+        parts = {
+            "patient": [psutil.Process()],
+            "billing": [psutil.Process(billing.pid)],
+            "postgres": postgres_processes(),
+        }
         before = {name: cpu_seconds(processes) for name, processes in parts.items()}
         started = time.perf_counter()
         for body in bodies:
             assert client.post("/patients", json=body).status_code == 201
         wall = time.perf_counter() - started
         # Backends that came and went meanwhile are not counted; the pools keep theirs.
-        cost = {name: round(1000 * (cpu_seconds(processes) - before[name]) / args.creates, 3)
-                for name, processes in parts.items()}
-        print(json.dumps({"creates": args.creates, "cpu_ms_per_create": cost,
-                          "wall_ms_per_create": round(1000 * wall / args.creates, 3)}))
+        cost = {
+            name: round(1000 * (cpu_seconds(processes) - before[name]) / args.creates, 3)
+            for name, processes in parts.items()
+        }
+        print(
+            json.dumps(
+                {
+                    "creates": args.creates,
+                    "cpu_ms_per_create": cost,
+                    "wall_ms_per_create": round(1000 * wall / args.creates, 3),
+                }
+            )
+        )
     finally:
         billing.terminate()
         billing.wait(20)

@@ -11,9 +11,10 @@ With --memory N it measures the consumer's memory instead: its RSS after
 after 2×N more at --rate. Flat after the burst: the burst raised a
 high-water mark, nothing leaks.
 
-    .venv/bin/python bench/analytics_lag.py [--rate 100 --seconds 10 --burst 20000]
-    .venv/bin/python bench/analytics_lag.py --memory 5000 --rate 200 --database-url postgresql://...
+    .venv/bin/python -m bench.experiments.analytics_lag [--rate 100 --seconds 10 --burst 20000]
+    .venv/bin/python -m bench.experiments.analytics_lag --memory 5000 --rate 200 --database-url postgresql://...
 """
+
 import argparse
 import contextlib
 import json
@@ -25,21 +26,20 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 import sqlalchemy as sa
 from confluent_kafka import Producer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pms_common.config import normalize_database_url  # noqa: E402
-from pms_common.events import CREATED, PatientEvent  # noqa: E402
-from pms_common.kafka import producer_config  # noqa: E402
-from stack.parts import tansu_command  # noqa: E402
-from stack.running import free_port, wait_for  # noqa: E402
+from analytics.models import ProcessedEvent, Summary
+from pms_common.config import normalize_database_url
+from pms_common.db import create_engine
+from pms_common.events import CREATED, PatientEvent
+from pms_common.kafka import producer_config
+from pms_common.models import utcnow
+from stack.harness import free_port, wait_for
+from stack.parts import ROOT, tansu_command
 
 
 def wait_until(predicate, timeout, what):
@@ -49,10 +49,17 @@ def wait_until(predicate, timeout, what):
 
 def event(registered_date="2024-01-15"):
     patient_id = str(uuid.uuid4())
-    return PatientEvent(patientId=patient_id, name="Bench", email=f"{patient_id}@example.com",
-                        event_type=CREATED, event_id=str(uuid.uuid4()),
-                        occurred_at=datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-                        address="1 Main St", date_of_birth="1990-01-01", registered_date=registered_date)
+    return PatientEvent(
+        patientId=patient_id,
+        name="Bench",
+        email=f"{patient_id}@example.com",
+        event_type=CREATED,
+        event_id=str(uuid.uuid4()),
+        occurred_at=utcnow().isoformat().replace("+00:00", "Z"),
+        address="1 Main St",
+        date_of_birth="1990-01-01",
+        registered_date=registered_date,
+    )
 
 
 def percentile(sorted_values, fraction):
@@ -71,20 +78,36 @@ def consumer_on_fresh_topic(bootstrap=None, database_url=None):
         if not bootstrap:
             port = free_port()
             bootstrap = f"127.0.0.1:{port}"
-            children.append(subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL))
-            wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() is None,
-                       20, "the broker")
+            children.append(
+                subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+            wait_until(
+                lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() is None,
+                20,
+                "the broker",
+            )
         suffix = uuid.uuid4().hex[:8]
         topic, group = f"patient-bench-{suffix}", f"analytics-bench-{suffix}"
-        env = {**os.environ, "ANALYTICS_DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-               "ANALYTICS_TOPIC": topic, "ANALYTICS_DLQ_TOPIC": f"{topic}.dlq", "ANALYTICS_GROUP_ID": group,
-               "PMS_DATA_DIR": str(workdir), "LOG_LEVEL": "WARNING"}
-        consumer_log = open(workdir / "consumer.log", "wb")
-        consumer = subprocess.Popen([sys.executable, "-m", "analytics.consumer"], cwd=REPO, env=env,
-                                    stdout=consumer_log, stderr=subprocess.STDOUT)
+        env = {
+            **os.environ,
+            "ANALYTICS_DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "ANALYTICS_TOPIC": topic,
+            "ANALYTICS_DLQ_TOPIC": f"{topic}.dlq",
+            "ANALYTICS_GROUP_ID": group,
+            "PMS_DATA_DIR": str(workdir),
+            "LOG_LEVEL": "WARNING",
+        }
+        with open(workdir / "consumer.log", "wb") as consumer_log:  # the child keeps its own copy
+            consumer = subprocess.Popen(
+                [sys.executable, "-m", "analytics.consumer"],
+                cwd=ROOT,
+                env=env,
+                stdout=consumer_log,
+                stderr=subprocess.STDOUT,
+            )
         children.append(consumer)
-        engine = sa.create_engine(database_url)
+        engine = create_engine(database_url)
         yield bootstrap, topic, consumer, engine
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(20)
@@ -99,7 +122,7 @@ def consumer_on_fresh_topic(bootstrap=None, database_url=None):
 def counted(engine):
     """events_processed of the consumer's store."""
     with engine.connect() as connection:
-        return connection.execute(sa.text("SELECT events_processed FROM analytics_summary")).scalar()
+        return connection.scalar(sa.select(Summary.events_processed))
 
 
 def send(producer, topic, count, rate=None, on_send=None):
@@ -121,16 +144,19 @@ def send(producer, topic, count, rate=None, on_send=None):
             on_send(message)
         while True:
             try:
-                producer.produce(topic, key=message.patientId, value=message.SerializeToString(),
-                                 on_delivery=on_delivery)
+                producer.produce(
+                    topic, key=message.patientId, value=message.SerializeToString(), on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
     unsent = producer.flush(30)
     if failed or unsent:
-        raise SystemExit(f"the broker did not acknowledge {len(failed) + unsent} of {count} events "
-                         f"(first error: {failed[0] if failed else 'none, still queued'})")
+        raise SystemExit(
+            f"the broker did not acknowledge {len(failed) + unsent} of {count} events "
+            f"(first error: {failed[0] if failed else 'none, still queued'})"
+        )
 
 
 def memory(bootstrap, database_url, rate, steady, burst):
@@ -141,12 +167,16 @@ def memory(bootstrap, database_url, rate, steady, burst):
         producer = Producer(producer_config(bootstrap))
         wait_until(lambda: counted(engine) == 0, 60, "the consumer's store")
         total, report = 0, []
-        for phase, count, phase_rate in (("steady", steady, rate), ("steady", steady, rate),
-                                         ("burst", burst, None), ("steady", steady, rate),
-                                         ("steady", steady, rate)):
+        for phase, count, phase_rate in (
+            ("steady", steady, rate),
+            ("steady", steady, rate),
+            ("burst", burst, None),
+            ("steady", steady, rate),
+            ("steady", steady, rate),
+        ):
             send(producer, topic, count, phase_rate)
             total += count
-            wait_until(lambda: counted(engine) == total, 300, f"{total} events counted")
+            wait_until(lambda total=total: counted(engine) == total, 300, f"{total} events counted")
             rss_mib = psutil.Process(consumer.pid).memory_info().rss / 2**20
             report.append({"phase": phase, "events": total, "consumer_rss_mib": round(rss_mib, 2)})
         return report
@@ -164,11 +194,17 @@ def lag(bootstrap, database_url, rate, seconds, burst):
         # Lag phase: a steady stream, each event's send time kept by its id.
         sent_at = {}
         total = int(rate * seconds)
-        send(producer, topic, total, rate, on_send=lambda message: sent_at.__setitem__(message.event_id, time.time()))
+        send(
+            producer,
+            topic,
+            total,
+            rate,
+            on_send=lambda message: sent_at.__setitem__(message.event_id, time.time()),
+        )
         wait_until(lambda: counted(engine) == total + 1, 60, "the stream to be counted")
         with engine.connect() as connection:
-            rows = connection.execute(sa.text("SELECT event_id, processed_at FROM analytics_processed_events"))
-            processed_at = {event_id: _epoch(value) for event_id, value in rows}
+            rows = connection.execute(sa.select(ProcessedEvent.event_id, ProcessedEvent.processed_at))
+            processed_at = {event_id: value.timestamp() for event_id, value in rows}
         lags_ms = sorted((processed_at[event_id] - sent) * 1000 for event_id, sent in sent_at.items())
 
         # Throughput phase: a backlog sent at once.
@@ -179,13 +215,19 @@ def lag(bootstrap, database_url, rate, seconds, burst):
         burst_seconds = time.monotonic() - burst_started
     return {
         "database": engine.dialect.name,
-        "lag_phase": {"rate_per_s": rate, "events": total,
-                      "p50_ms": round(percentile(lags_ms, 0.50), 1),
-                      "p99_ms": round(percentile(lags_ms, 0.99), 1),
-                      "max_ms": round(lags_ms[-1], 1)},
-        "burst_phase": {"events": burst, "produced_in_s": round(produced_in, 2),
-                        "counted_in_s": round(burst_seconds, 2),
-                        "events_per_s": round(burst / burst_seconds)},
+        "lag_phase": {
+            "rate_per_s": rate,
+            "events": total,
+            "p50_ms": round(percentile(lags_ms, 0.50), 1),
+            "p99_ms": round(percentile(lags_ms, 0.99), 1),
+            "max_ms": round(lags_ms[-1], 1),
+        },
+        "burst_phase": {
+            "events": burst,
+            "produced_in_s": round(produced_in, 2),
+            "counted_in_s": round(burst_seconds, 2),
+            "events_per_s": round(burst / burst_seconds),
+        },
     }
 
 
@@ -194,8 +236,12 @@ def main():
     parser.add_argument("--rate", type=float, default=100.0, help="events per second in the steady phases")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the lag phase")
     parser.add_argument("--burst", type=int, default=20000, help="events sent at once")
-    parser.add_argument("--memory", type=int, metavar="N",
-                        help="instead of lag: the consumer's RSS after 2×N steady events, the burst, 2×N more")
+    parser.add_argument(
+        "--memory",
+        type=int,
+        metavar="N",
+        help="instead of lag: the consumer's RSS after 2×N steady events, the burst, 2×N more",
+    )
     parser.add_argument("--bootstrap", help="an existing broker (default: start Tansu)")
     parser.add_argument("--database-url", help="an existing empty database (default: a fresh SQLite file)")
     args = parser.parse_args()
@@ -204,14 +250,6 @@ def main():
     else:
         result = lag(args.bootstrap, args.database_url, args.rate, args.seconds, args.burst)
     print(json.dumps(result, indent=2))
-
-
-def _epoch(value):
-    if isinstance(value, str):  # SQLite keeps the UTC time as text
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
 
 
 if __name__ == "__main__":
