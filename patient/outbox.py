@@ -54,8 +54,8 @@ from pms_common.telemetry import (
     TRACEPARENT,
     continued_from,
     current_traceparent,
+    instrumented,
     traced_producer,
-    tracing_started,
 )
 from pms_common.worker import BROKER, PeerUnavailable
 
@@ -302,12 +302,12 @@ def lease_for(engine):
     return SoleLease()
 
 
-def event_headers(row):
+def event_headers(row, traced):
     """The Kafka headers of an outbox row's event. Its stored traceparent is
-    passed on as it is when this process does not trace (a tracing producer
-    sets its own, a child of the stored one)."""
+    passed on as it is when the send is not traced (a tracing producer sets
+    its own, a child of the stored one)."""
     headers = [("event_id", str(row.event_id)), ("event_type", row.event_type)]
-    if row.trace_context and not tracing_started():
+    if row.trace_context and not traced:
         headers.append((TRACEPARENT, row.trace_context))
     return headers
 
@@ -326,16 +326,16 @@ class OutboxRelay:
         # mark: after taking the lease, and after a batch the broker did not
         # fully acknowledge (it may append a message the relay gave up on).
         self._topic_checked = False
-        # With tracing on, each send is a span of the event's trace and sets its traceparent header.
-        self.producer = traced_producer(
-            Producer(
-                producer_config(
-                    bootstrap_servers,
-                    # One request in flight keeps one patient's events in order across retries.
-                    **{"max.in.flight.requests.per.connection": 1},
-                )
+        self.untraced_producer = Producer(
+            producer_config(
+                bootstrap_servers,
+                # One request in flight keeps one patient's events in order across retries.
+                **{"max.in.flight.requests.per.connection": 1},
             )
         )
+        # With tracing on, a send of a sampled event is a span of its trace and
+        # sets its traceparent header; both send through the same producer.
+        self.producer = traced_producer(self.untraced_producer)
 
     @property
     def holds_lease(self):
@@ -368,12 +368,13 @@ class OutboxRelay:
         for row in rows:
             while True:
                 try:
+                    traced = instrumented(row.trace_context)
                     with continued_from(row.trace_context):
-                        self.producer.produce(
+                        (self.producer if traced else self.untraced_producer).produce(
                             self.topic,
                             key=str(row.patient_id),
                             value=row.payload,
-                            headers=event_headers(row),
+                            headers=event_headers(row, traced),
                             on_delivery=lambda err, msg, row_id=row.id: on_delivery(err, msg, row_id),
                         )
                     break

@@ -114,6 +114,13 @@ def sampled(traceparent: str | None) -> bool:
     return parsed is not None and parsed[2] & 1 == 1
 
 
+def instrumented(traceparent: str | None) -> bool:
+    """Whether work that continues this stored traceparent goes through the
+    instrumentations: tracing has started, and the trace is sampled or this
+    part does not follow the gateway."""
+    return bool(_started) and (sampled(traceparent) or not follows_the_gateway())
+
+
 @contextlib.contextmanager
 def untraced(traceparent: str | None) -> Iterator[None]:
     """Runs the block with the instrumentations off, inside the (unsampled)
@@ -222,7 +229,8 @@ def server_interceptors(asynchronous: bool = False) -> list[Any]:
     from opentelemetry.instrumentation import grpc as otel_grpc
 
     if asynchronous:
-        return [otel_grpc.aio_server_interceptor()]
+        aio_interceptor = otel_grpc.aio_server_interceptor()
+        return [_sampled_aio_calls_only(aio_interceptor)] if follows_the_gateway() else [aio_interceptor]
     interceptor = otel_grpc.server_interceptor()
     return [_sampled_calls_only(interceptor)] if follows_the_gateway() else [interceptor]
 
@@ -253,6 +261,33 @@ def _sampled_calls_only(interceptor: Any) -> Any:
             )
 
     return SampledCallsOnly()
+
+
+def _sampled_aio_calls_only(interceptor: Any) -> Any:
+    """The asyncio twin of `_sampled_calls_only` (ext_authz's server)."""
+    import grpc
+
+    class SampledAioCallsOnly(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            traceparent = dict(details.invocation_metadata or ()).get(TRACEPARENT)
+            if sampled(traceparent):
+                return await interceptor.intercept_service(continuation, details)
+            handler = await continuation(details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            behaviour = handler.unary_unary
+
+            async def untraced_behaviour(request: Any, context: Any) -> Any:
+                with untraced(traceparent):
+                    return await behaviour(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                untraced_behaviour,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+    return SampledAioCallsOnly()
 
 
 def traced_producer(producer: Any) -> Any:

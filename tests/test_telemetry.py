@@ -5,12 +5,16 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from types import SimpleNamespace
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from pms_common.telemetry import SAMPLER_VARIABLE, part_sampler, sampled
+from patient.outbox import event_headers
+from pms_common import telemetry
+from pms_common.telemetry import SAMPLER_VARIABLE, TRACEPARENT, instrumented, part_sampler, sampled
 from stack.config import ROOT
 
 
@@ -130,8 +134,33 @@ with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call(b"x", metadata=[("traceparent", traceparent)])
 server.stop(None)
 rpc = [span.name for span in spans.get_finished_spans()]
+spans.clear()
+
+import asyncio
+
+async def echo_async(request, context):
+    called_async.append([telemetry.current_trace_id(), is_instrumentation_enabled()])
+    return request
+
+async def call_async_server():
+    handler = grpc.method_handlers_generic_handler(
+        "probe.Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo_async)}
+    )
+    server = grpc.aio.server(interceptors=telemetry.server_interceptors(asynchronous=True))
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/probe.Echo/Call")
+        for traceparent in (sampled, unsampled):
+            await call(b"x", metadata=[("traceparent", traceparent)])
+    await server.stop(None)
+
+called_async = []
+asyncio.run(call_async_server())
+rpc_async = [span.name for span in spans.get_finished_spans()]
 print(json.dumps({"web": web, "seen": seen, "consumer": consumer, "instrumented": instrumented,
-                  "called": called, "rpc": rpc}))
+                  "called": called, "rpc": rpc, "called_async": called_async, "rpc_async": rpc_async}))
 """
 
 
@@ -166,3 +195,27 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
     # A gRPC call likewise: the sampled one is a server span of its trace, the other runs untraced.
     assert result["called"] == [[trace_id, True], [trace_id, False]]
     assert result["rpc"] == ["/probe.Echo/Call"]
+    # And on the asyncio frame (ext_authz's).
+    assert result["called_async"] == [[trace_id, True], [trace_id, False]]
+    assert result["rpc_async"] == ["/probe.Echo/Call"]
+
+
+def test_the_relay_sends_through_the_instrumentation_only_the_events_of_sampled_traces(monkeypatch):
+    """An unsampled event is sent by the plain producer with its stored
+    traceparent as it is; a sampled one by the tracing producer, which sets its own."""
+    trace_and_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+    sampled_trace, unsampled_trace = f"{trace_and_parent}-01", f"{trace_and_parent}-00"
+    monkeypatch.delenv(SAMPLER_VARIABLE, raising=False)
+    monkeypatch.setattr(telemetry, "_started", ["patient-worker"])
+    assert instrumented(sampled_trace)
+    assert not instrumented(unsampled_trace)
+    assert not instrumented(None)
+    row = SimpleNamespace(event_id=uuid.uuid4(), event_type="PATIENT_CREATED", trace_context=unsampled_trace)
+    assert (TRACEPARENT, unsampled_trace) in event_headers(row, instrumented(row.trace_context))
+    row.trace_context = sampled_trace
+    assert TRACEPARENT not in dict(event_headers(row, instrumented(row.trace_context)))
+    # A sampler of the part's own traces every send; without tracing none is.
+    monkeypatch.setenv(SAMPLER_VARIABLE, "always_on")
+    assert instrumented(unsampled_trace)
+    monkeypatch.setattr(telemetry, "_started", [])
+    assert not instrumented(sampled_trace)
