@@ -51,10 +51,6 @@ def tracing_configured() -> bool:
     return bool(env_str(ENDPOINT_VARIABLE))
 
 
-def tracing_started() -> bool:
-    return bool(_started)
-
-
 def start_tracing(service: str) -> bool:
     """Sets this process's tracer provider (OTLP over gRPC, batched) and
     instruments gRPC clients, when tracing is configured; False when not."""
