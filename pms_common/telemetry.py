@@ -238,7 +238,7 @@ def _sampled_calls_only(interceptor: Any) -> Any:
 
     class SampledCallsOnly(grpc.ServerInterceptor):
         def intercept_service(self, continuation: Any, details: Any) -> Any:
-            traceparent = dict(details.invocation_metadata or ()).get(TRACEPARENT)
+            traceparent = _call_traceparent(details)
             if sampled(traceparent):
                 return interceptor.intercept_service(continuation, details)
             handler = continuation(details)
@@ -250,11 +250,7 @@ def _sampled_calls_only(interceptor: Any) -> Any:
                 with untraced(traceparent):
                     return behaviour(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                untraced_behaviour,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return _unary_handler(untraced_behaviour, handler)
 
     return SampledCallsOnly()
 
@@ -265,7 +261,7 @@ def _sampled_aio_calls_only(interceptor: Any) -> Any:
 
     class SampledAioCallsOnly(grpc.aio.ServerInterceptor):
         async def intercept_service(self, continuation: Any, details: Any) -> Any:
-            traceparent = dict(details.invocation_metadata or ()).get(TRACEPARENT)
+            traceparent = _call_traceparent(details)
             if sampled(traceparent):
                 return await interceptor.intercept_service(continuation, details)
             handler = await continuation(details)
@@ -277,13 +273,24 @@ def _sampled_aio_calls_only(interceptor: Any) -> Any:
                 with untraced(traceparent):
                     return await behaviour(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                untraced_behaviour,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return _unary_handler(untraced_behaviour, handler)
 
     return SampledAioCallsOnly()
+
+
+def _call_traceparent(details: Any) -> str | None:
+    return dict(details.invocation_metadata or ()).get(TRACEPARENT)
+
+
+def _unary_handler(behaviour: Any, like: Any) -> Any:
+    """A unary handler of `behaviour` with `like`'s (de)serialisers."""
+    import grpc
+
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=like.request_deserializer,
+        response_serializer=like.response_serializer,
+    )
 
 
 def traced_producer(producer: Any) -> Any:
