@@ -1,12 +1,12 @@
 """What the audit trail costs: P1 and P2 on a system without it
 (AUDIT_TRAIL=off: no audit parts, no audit log at the gateway) and with it,
-in turns, in one run.
+interleaved in one run.
 
-    .venv/bin/python -m bench.experiments.audit_cost [--seconds 10] [--connections 16] [--rounds 1]
+    .venv/bin/python -m bench.experiments.audit_cost [--seconds 3] [--connections 16] [--cycles 8]
 
-Each setting gets a system of its own on a fresh PostgreSQL database; the
-table shows each setting's medians and their ratio to the system without the
-trail (the issue's goal: within 10 %)."""
+Both systems run at once and take slices of load in turn, as in
+bench.experiments.observability_cost; the figures are each cycle's ratios to
+the system without the trail (the issue's goal: within 10 %)."""
 
 from .observability_cost import arguments, compare
 

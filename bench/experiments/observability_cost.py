@@ -1,27 +1,31 @@
 """What metrics and tracing cost: P1 and P2 on a system with metrics off
 (PMS_METRICS=off, no tracing), with metrics on, and with metrics and tracing
 at 10 % sampling (OTLP to a collector in this process that drops the spans),
-in turns, in one run.
+interleaved in one run.
 
-    .venv/bin/python -m bench.experiments.observability_cost [--seconds 10] [--connections 16] [--rounds 1]
+    .venv/bin/python -m bench.experiments.observability_cost [--seconds 3] [--connections 16] [--cycles 8]
 
-Each setting gets a system of its own on a fresh PostgreSQL database; each
-round runs the settings in turn, and the table shows each setting's medians
-and their ratio to the bare system's (the issue's goals: metrics within 5 %,
-tracing at 10 % within 15 %)."""
+Every setting's system runs at once, each on a fresh PostgreSQL database.
+Each cycle gives each system in turn one slice of load (P1's round: direct,
+gateway, gateway, direct; then creates through the gateway), in an order
+that rotates from cycle to cycle, while the others idle. A host whose speed
+drifts (a busy neighbour) then moves every setting of a cycle alike, so the
+figures are each cycle's ratios to the bare system's, their median and
+range (the issue's goals: metrics within 5 %, tracing at 10 % within 15 %)."""
 
 import argparse
-import shutil
 import statistics
 import tempfile
 import threading
+import uuid
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from pms_common.identity import USER
 from stack.harness import free_port
 
 from .. import figures
@@ -68,54 +72,106 @@ def settings(endpoint):
     }
 
 
-def measure(work_dir, extra_env, seconds, connections):
+@contextmanager
+def system_on_fresh_database(work_dir, extra_env):
     admin_url = figures.postgres_admin_url()
     db_name, db_url = figures.bench_database(admin_url)
     try:
         with figures.system(work_dir, db_url, extra_env) as running:
-            p1, p1_detail = figures.p1_gateway_read(running, seconds, connections)
-            p2, p2_detail = figures.p2_create(running, db_url, seconds, connections)
+            yield running
     finally:
         figures.drop_database(admin_url, db_name)
-    return {
-        "P1": p1,
-        "P1 gateway rps": p1_detail["gateway_rps"],
-        "P2 cpu ms/create": p2,
-        "P2 creates/s": p2_detail["creates_per_s"],
-        "P2 p99 ms": p2_detail["p99_ms"],
-    }
+
+
+class Target:
+    """One running system and what its slices of load send."""
+
+    def __init__(self, running, seconds, connections):
+        self.running, self.seconds, self.connections = running, seconds, connections
+        token = running.token()
+        patient_id = figures.any_patient_id(running, running.session(token))
+        self.headers = [f"Authorization: Bearer {token}"]
+        self.direct_url = f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients/{patient_id}"
+        self.gateway_url = f"{running.url}/api/patients/{patient_id}"
+        self.run_id = uuid.uuid4().hex[:8]
+        self.slices = 0
+        figures.wrk(self.direct_url, 2, connections, headers=figures.as_wrk_headers(figures.caller(USER)))
+        figures.wrk(self.gateway_url, 2, connections, headers=self.headers)
+
+    def read(self, url, headers):
+        return figures.with_cpu_cost(
+            self.running, lambda: figures.wrk(url, self.seconds, self.connections, headers=headers)
+        )
+
+    def slice(self):
+        """P1's round and a run of creates: the figures of one slice."""
+        direct_headers = figures.as_wrk_headers(figures.caller(USER))
+        directs = [self.read(self.direct_url, direct_headers)]
+        gateways = [self.read(self.gateway_url, self.headers), self.read(self.gateway_url, self.headers)]
+        directs.append(self.read(self.direct_url, direct_headers))
+        self.slices += 1
+        creates = figures.with_cpu_cost(
+            self.running,
+            lambda: figures.wrk(
+                f"{self.running.url}/api/patients",
+                self.seconds + 1,
+                self.connections,
+                script=figures.CREATE_SCRIPT,
+                headers=self.headers,
+                script_args=[f"{self.run_id}s{self.slices}"],
+            ),
+        )
+        gateway_rps = sum(run["rps"] for run in gateways)
+        return {
+            "P1": gateway_rps / sum(run["rps"] for run in directs),
+            "gateway reads/s": gateway_rps / 2,
+            "CPU ms/read": statistics.mean(sum(run["cpu_ms_per_request"].values()) for run in gateways),
+            "P2 CPU ms/create": sum(creates["cpu_ms_per_request"].values()),
+            "creates/s": creates["rps"],
+            "create p99 ms": creates["p99_ms"],
+        }
 
 
 def compare(settings_by_name, args, prefix):
-    """Measures each setting in turn, `args.rounds` times; prints every run,
-    then each setting's medians with their ratio to the first setting's."""
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    runs = {name: [] for name in settings_by_name}
-    try:
-        for round_number in range(args.rounds):
-            for index, (name, extra_env) in enumerate(settings_by_name.items()):
-                work_dir = work / f"round-{round_number}-setting-{index}"
-                runs[name].append(measure(work_dir, extra_env, args.seconds, args.connections))
-                print(name, runs[name][-1], flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    medians = {
-        name: {key: statistics.median(run[key] for run in done) for key in done[0]}
-        for name, done in runs.items()
-    }
-    bare = next(iter(medians.values()))
-    width = max(map(len, medians)) + 2
-    print(f"\n{'setting':<{width}}" + "".join(f"{key:>20}" for key in bare))
-    for name, figures_of in medians.items():
-        cells = "".join(f"{value:>12} ({value / bare[key]:.2f})" for key, value in figures_of.items())
-        print(f"{name:<{width}}{cells}")
+    """Starts a system per setting, runs `args.cycles` cycles of slices, and
+    prints each setting's median figures and its ratios to the first
+    setting's, cycle by cycle (median and range)."""
+    names = list(settings_by_name)
+    with tempfile.TemporaryDirectory(prefix=prefix) as work, ExitStack() as systems:
+        targets = {}
+        for index, name in enumerate(names):
+            running = systems.enter_context(
+                system_on_fresh_database(Path(work) / f"setting-{index}", settings_by_name[name])
+            )
+            targets[name] = Target(running, args.seconds, args.connections)
+        cycles = []
+        for cycle in range(args.cycles):
+            order = names[cycle % len(names) :] + names[: cycle % len(names)]
+            cycles.append({name: targets[name].slice() for name in order})
+            print(f"cycle {cycle + 1}: " + "; ".join(f"{n} {fmt(cycles[-1][n])}" for n in names), flush=True)
+    bare = names[0]
+    keys = list(cycles[0][bare])
+    print(f"\nmedian of {len(cycles)} cycles; (ratio to {bare}: median, min-max over the cycles)")
+    for name in names:
+        cells = []
+        for key in keys:
+            value = statistics.median(cycle[name][key] for cycle in cycles)
+            ratios = [cycle[name][key] / cycle[bare][key] for cycle in cycles]
+            cells.append(
+                f"{key} {value:.2f} ({statistics.median(ratios):.3f}, {min(ratios):.2f}-{max(ratios):.2f})"
+            )
+        print(f"{name}: " + "; ".join(cells))
+
+
+def fmt(figures_of):
+    return ", ".join(f"{key} {value:.2f}" for key, value in figures_of.items())
 
 
 def arguments(argv, description):
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=3, help="length of each wrk run in a slice")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--cycles", type=int, default=8)
     return parser.parse_args(argv)
 
 
