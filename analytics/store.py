@@ -7,7 +7,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pms_common.db import padded_for_in
+from pms_common.db import padded_for_in, plan_for_current_sizes
 from pms_common.db_errors import describe_error
 from pms_common.events import CREATED, DELETED, UPDATED
 from pms_common.models import utcnow
@@ -38,6 +38,7 @@ def apply_events(connection, events, now=None):
         batch.setdefault(event.event_id, event)
     if not batch:
         return 0
+    plan_for_current_sizes(connection)
     seen = set(
         connection.scalars(
             sa.select(ProcessedEvent.event_id).where(ProcessedEvent.event_id.in_(padded_for_in(batch)))

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from pms_common.db import padded_for_in
+from pms_common.db import padded_for_in, plan_for_current_sizes
 
 from .models import HEAD_ROW_ID, AuditEntry, ChainHead
 
@@ -120,6 +120,7 @@ def append_entries(connection, entries: Iterable[NewEntry]) -> int:
     if not batch:
         return 0
     head = lock_head(connection)
+    plan_for_current_sizes(connection)
     seen = set(
         connection.scalars(
             sa.select(entries_table.c.source).where(entries_table.c.source.in_(padded_for_in(batch)))

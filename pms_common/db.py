@@ -79,6 +79,17 @@ def padded_for_in(values: Iterable[Value]) -> list[Value]:
     return padded
 
 
+def plan_for_current_sizes(connection: Connection) -> None:
+    """Has PostgreSQL plan the rest of this transaction's statements for their
+    values and the tables as they are now (plan_cache_mode force_custom_plan,
+    SET LOCAL). A prepared lookup otherwise settles on a generic plan made
+    while its table was nearly empty, a sequential scan, and keeps it as the
+    table grows until the next ANALYZE: every batch then reads the whole
+    table. For the lookups of a batch's keys in a table that keeps growing."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
 def engine_options(url: str, *, autocommit: bool = False) -> dict[str, Any]:
     """create_engine's options for `url`, the same for Flask-SQLAlchemy's
     engines (SQLALCHEMY_ENGINE_OPTIONS) and the ones a part builds itself

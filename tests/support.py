@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import grpc
 import psycopg
+import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from pms_common.identity import ROLE_HEADER, USER_HEADER
@@ -164,3 +165,16 @@ class Broker:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def prepared_lookups(connection, *tables):
+    """{statement: (generic plans, custom plans)} of this session's prepared
+    statements that look up an IN list in one of the tables (PostgreSQL)."""
+    rows = connection.execute(
+        sa.text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+    )
+    return {
+        statement: (generic, custom)
+        for statement, generic, custom in rows
+        if " IN (" in statement and any(f"FROM {table}" in statement for table in tables)
+    }

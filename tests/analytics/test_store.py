@@ -3,6 +3,7 @@
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import sqlalchemy as sa
 
 from analytics import store
@@ -10,6 +11,7 @@ from analytics.extensions import db
 from analytics.models import PatientState, ProcessedEvent
 from pms_common.events import CREATED, DELETED, UPDATED, decode
 from pms_common.models import utcnow
+from tests.support import prepared_lookups
 
 from .helpers import patient_event
 
@@ -176,3 +178,23 @@ def test_ids_of_old_events_are_forgotten_in_chunks_and_recent_ones_still_stop_re
     # The recent event's redelivery still changes nothing.
     assert apply(app, recent) == 0
     assert figures(app)[0]["events_processed"] == 2
+
+
+@pytest.mark.parametrize("database_kind", ["postgres"], indirect=True)
+def test_a_batch_is_looked_up_with_a_plan_for_the_tables_as_they_are(app):
+    """A consumer's connection counts batch after batch: PostgreSQL plans its
+    lookups of a batch's ids for the tables as they are at each batch, never
+    with a generic plan cached while they were small (one made on a nearly
+    empty table is a sequential scan, kept as the table grows:
+    pms_common.db.plan_for_current_sizes)."""
+    patient_ids = [str(uuid.uuid4()) for _ in range(8)]
+    with app.app_context(), db.engine.connect() as connection:
+        for batch in range(20):
+            with connection.begin():
+                events = [
+                    patient_event(UPDATED if batch else CREATED, patient_id) for patient_id in patient_ids
+                ]
+                store.apply_events(connection, [decode(event.SerializeToString()) for event in events])
+        plans = prepared_lookups(connection, "analytics_processed_events", "analytics_patients")
+    assert len(plans) == 2 and all(custom > 0 for _, custom in plans.values())
+    assert {statement: generic for statement, (generic, _) in plans.items()} == dict.fromkeys(plans, 0)

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 from audit.models import GENESIS_HASH
 from audit.store import append_entries, entries_table, entry_hash, head_table, verify
+from tests.support import prepared_lookups
 
 from .conftest import entry
 
@@ -139,3 +140,17 @@ def test_the_services_connection_cannot_change_or_delete_entries(engine):
     assert verdict(engine) == {"ok": True, "entries": 3}
     with engine.connect() as connection:
         assert connection.execute(sa.select(head_table.c.last_id)).scalar_one() == 3
+
+
+@pytest.mark.parametrize("database_kind", ["postgres"], indirect=True)
+def test_sources_are_looked_up_with_a_plan_for_the_trail_as_it_is(engine):
+    """Batch after batch on one connection, PostgreSQL plans the lookup of a
+    batch's sources for the trail as it is, never with a generic plan cached
+    while it was small (pms_common.db.plan_for_current_sizes)."""
+    with engine.connect() as connection:
+        for batch in range(20):
+            with connection.begin():
+                append_entries(connection, [entry(batch * 8 + number) for number in range(8)])
+        plans = prepared_lookups(connection, "audit_entries")
+    assert len(plans) == 1 and all(custom > 0 for _, custom in plans.values())
+    assert [generic for generic, _ in plans.values()] == [0]
