@@ -2,7 +2,9 @@
 (AUDIT_TRAIL=off: no audit parts, no audit log at the gateway) and with it,
 interleaved in one run.
 
-    .venv/bin/python -m bench.experiments.audit_cost [--seconds 3] [--connections 16] [--cycles 8]
+    .venv/bin/python -m bench.experiments.audit_cost [options]
+
+Its options are observability_cost's.
 
 Both systems run at once and take slices of load in turn, as in
 bench.experiments.observability_cost; the figures are each cycle's ratios to

@@ -3,11 +3,15 @@
 at 10 % sampling (OTLP to a collector in this process that drops the spans),
 interleaved in one run.
 
-    .venv/bin/python -m bench.experiments.observability_cost [--seconds 3] [--connections 16] [--cycles 8]
+    .venv/bin/python -m bench.experiments.observability_cost [options]
+
+Options: --seconds 3 (each run in a slice), --connections 16, --cycles 8,
+--rate 100 (the paced creates per second).
 
 Every setting's system runs at once, each on a fresh PostgreSQL database.
 Each cycle gives each system in turn one slice of load (P1's round: direct,
-gateway, gateway, direct; then creates through the gateway), in an order
+gateway, gateway, direct; creates through the gateway as fast as it takes
+them, as P2 does; then creates offered at a fixed rate), in an order
 that rotates from cycle to cycle, while the others idle. A host whose speed
 drifts (a busy neighbour) then moves every setting of a cycle alike, so the
 figures are each cycle's ratios to the bare system's, their median and
@@ -28,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from pms_common.identity import USER
 from stack.harness import free_port
 
-from .. import figures
+from .. import figures, open_loop
 
 
 class DroppingCollector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -86,8 +90,8 @@ def system_on_fresh_database(work_dir, extra_env):
 class Target:
     """One running system and what its slices of load send."""
 
-    def __init__(self, running, seconds, connections):
-        self.running, self.seconds, self.connections = running, seconds, connections
+    def __init__(self, running, seconds, connections, rate):
+        self.running, self.seconds, self.connections, self.rate = running, seconds, connections, rate
         token = running.token()
         patient_id = figures.any_patient_id(running, running.session(token))
         self.headers = [f"Authorization: Bearer {token}"]
@@ -121,6 +125,7 @@ class Target:
                 script_args=[f"{self.run_id}s{self.slices}"],
             ),
         )
+        paced = figures.with_cpu_cost(self.running, self.creates_at_rate)
         gateway_rps = sum(run["rps"] for run in gateways)
         return {
             "P1": gateway_rps / sum(run["rps"] for run in directs),
@@ -129,7 +134,18 @@ class Target:
             "P2 CPU ms/create": sum(creates["cpu_ms_per_request"].values()),
             "creates/s": creates["rps"],
             "create p99 ms": creates["p99_ms"],
+            f"CPU ms/create at {self.rate}/s": sum(paced["cpu_ms_per_request"].values()),
+            f"p99 ms at {self.rate}/s": paced["p99_ms"],
         }
+
+    def creates_at_rate(self):
+        """Creates offered at a fixed rate (open loop): every setting does the
+        same work per second, so their CPU per create compares the cost of a
+        create alone, not also how well a saturated system batches."""
+        body = figures.create_body(f"{self.run_id}p{self.slices}")
+        headers = {"Authorization": self.headers[0].split(": ", 1)[1], "Content-Type": "application/json"}
+        result = open_loop.run(f"{self.running.url}/api/patients", self.rate, self.seconds + 1, body, headers)
+        return {**result, "rps": result["requests"] / result["seconds"]}
 
 
 def compare(settings_by_name, args, prefix):
@@ -143,7 +159,7 @@ def compare(settings_by_name, args, prefix):
             running = systems.enter_context(
                 system_on_fresh_database(Path(work) / f"setting-{index}", settings_by_name[name])
             )
-            targets[name] = Target(running, args.seconds, args.connections)
+            targets[name] = Target(running, args.seconds, args.connections, args.rate)
         cycles = []
         for cycle in range(args.cycles):
             order = names[cycle % len(names) :] + names[: cycle % len(names)]
@@ -172,6 +188,7 @@ def arguments(argv, description):
     parser.add_argument("--seconds", type=int, default=3, help="length of each wrk run in a slice")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--cycles", type=int, default=8)
+    parser.add_argument("--rate", type=int, default=100, help="creates/s of each slice's paced run")
     return parser.parse_args(argv)
 
 
