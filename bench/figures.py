@@ -221,19 +221,21 @@ def any_patient_id(running, api):
     return api.get(f"{running.url}/api/patients", timeout=10).json()[0]["id"]
 
 
-def p1_gateway_read(running, seconds, connections, rounds=3):
+def p1_gateway_read(running, seconds, connections, rounds=3, warm_up=True):
     """Authenticated GET /api/patients/{id} through the gateway vs straight to
     patient. Each round runs direct, gateway, gateway, direct and compares the
     two sums: a machine that speeds up or slows down during the round (a
-    neighbour's load) moves both sides alike. The ratio is the median round's."""
+    neighbour's load) moves both sides alike. The ratio is the median round's.
+    Without `warm_up`, the caller has already warmed the connections and caches."""
     token = running.token()
     patient_id = any_patient_id(running, running.session(token))
     direct_url = f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients/{patient_id}"
     gateway_url = f"{running.url}/api/patients/{patient_id}"
     headers = [f"Authorization: Bearer {token}"]
     direct_headers = as_wrk_headers(caller(USER))
-    wrk(direct_url, 2, connections, headers=direct_headers)  # warm up connections and caches
-    wrk(gateway_url, 2, connections, headers=headers)
+    if warm_up:
+        wrk(direct_url, 2, connections, headers=direct_headers)
+        wrk(gateway_url, 2, connections, headers=headers)
     length = max(2, seconds // rounds // 2)
 
     def direct():
@@ -288,19 +290,7 @@ def p2_create(running, database_url, seconds, connections):
     through the gateway: the whole system's CPU per create, summed over every
     part and PostgreSQL's backends (the value; __main__ divides it by the
     floor of a create), and the raw INSERT loop's rate, kept for history."""
-    token = running.token()
-    run_id = uuid.uuid4().hex[:8]
-    gateway = with_cpu_cost(
-        running,
-        lambda: wrk(
-            f"{running.url}/api/patients",
-            seconds,
-            connections,
-            script=CREATE_SCRIPT,
-            headers=[f"Authorization: Bearer {token}"],
-            script_args=[run_id + "g"],
-        ),
-    )
+    gateway = create_load(running, running.token(), seconds, connections, uuid.uuid4().hex[:8] + "g")
     raw = raw_insert_rate(database_url.replace("postgresql+psycopg://", "postgresql://"))
     cpu_ms = round(sum(gateway["cpu_ms_per_request"].values()), 3)
     return cpu_ms, {
@@ -315,6 +305,22 @@ def p2_create(running, database_url, seconds, connections):
         "connections": connections,
         "raw_inserts_per_s": raw,
     }
+
+
+def create_load(running, token, seconds, connections, run_tag):
+    """Creates through the gateway as fast as the system takes them (wrk,
+    create.lua; `run_tag` keeps their emails unique), with their CPU by part."""
+    return with_cpu_cost(
+        running,
+        lambda: wrk(
+            f"{running.url}/api/patients",
+            seconds,
+            connections,
+            script=CREATE_SCRIPT,
+            headers=[f"Authorization: Bearer {token}"],
+            script_args=[run_tag],
+        ),
+    )
 
 
 def create_body(run_id):

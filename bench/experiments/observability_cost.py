@@ -29,7 +29,6 @@ from pathlib import Path
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from pms_common.identity import USER
 from stack.harness import free_port
 
 from .. import figures, open_loop
@@ -92,45 +91,25 @@ class Target:
 
     def __init__(self, running, seconds, connections, rate):
         self.running, self.seconds, self.connections, self.rate = running, seconds, connections, rate
-        token = running.token()
-        patient_id = figures.any_patient_id(running, running.session(token))
-        self.headers = [f"Authorization: Bearer {token}"]
-        self.direct_url = f"http://127.0.0.1:{running.ports['PATIENT_PORT']}/patients/{patient_id}"
-        self.gateway_url = f"{running.url}/api/patients/{patient_id}"
+        self.token = running.token()
         self.run_id = uuid.uuid4().hex[:8]
         self.slices = 0
-        figures.wrk(self.direct_url, 2, connections, headers=figures.as_wrk_headers(figures.caller(USER)))
-        figures.wrk(self.gateway_url, 2, connections, headers=self.headers)
-
-    def read(self, url, headers):
-        return figures.with_cpu_cost(
-            self.running, lambda: figures.wrk(url, self.seconds, self.connections, headers=headers)
-        )
+        figures.p1_gateway_read(running, 4, connections, rounds=1)  # warms connections and caches
 
     def slice(self):
-        """P1's round and a run of creates: the figures of one slice."""
-        direct_headers = figures.as_wrk_headers(figures.caller(USER))
-        directs = [self.read(self.direct_url, direct_headers)]
-        gateways = [self.read(self.gateway_url, self.headers), self.read(self.gateway_url, self.headers)]
-        directs.append(self.read(self.direct_url, direct_headers))
+        """P1's round, creates as fast as the system takes them, and creates
+        at the fixed rate: the figures of one slice."""
         self.slices += 1
-        creates = figures.with_cpu_cost(
-            self.running,
-            lambda: figures.wrk(
-                f"{self.running.url}/api/patients",
-                self.seconds + 1,
-                self.connections,
-                script=figures.CREATE_SCRIPT,
-                headers=self.headers,
-                script_args=[f"{self.run_id}s{self.slices}"],
-            ),
+        p1, reads = figures.p1_gateway_read(
+            self.running, 2 * self.seconds, self.connections, rounds=1, warm_up=False
         )
+        tag = f"{self.run_id}s{self.slices}"
+        creates = figures.create_load(self.running, self.token, self.seconds + 1, self.connections, tag)
         paced = figures.with_cpu_cost(self.running, self.creates_at_rate)
-        gateway_rps = sum(run["rps"] for run in gateways)
         return {
-            "P1": gateway_rps / sum(run["rps"] for run in directs),
-            "gateway reads/s": gateway_rps / 2,
-            "CPU ms/read": statistics.mean(sum(run["cpu_ms_per_request"].values()) for run in gateways),
+            "P1": p1,
+            "gateway reads/s": reads["gateway_rps"],
+            "CPU ms/read": sum(reads["gateway_cpu_ms_per_request"].values()),
             "P2 CPU ms/create": sum(creates["cpu_ms_per_request"].values()),
             "creates/s": creates["rps"],
             "create p99 ms": creates["p99_ms"],
@@ -143,7 +122,7 @@ class Target:
         same work per second, so their CPU per create compares the cost of a
         create alone, not also how well a saturated system batches."""
         body = figures.create_body(f"{self.run_id}p{self.slices}")
-        headers = {"Authorization": self.headers[0].split(": ", 1)[1], "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         result = open_loop.run(f"{self.running.url}/api/patients", self.rate, self.seconds + 1, body, headers)
         return {**result, "rps": result["requests"] / result["seconds"]}
 
