@@ -74,6 +74,15 @@ class AnalyticsEventConsumer(EventConsumer):
             self._next_forget = 0.0
 
 
+def work(config, app, stop):
+    """Counts events on the built app (its database migrated) until `stop` is
+    set: in its own process (run) or forked beside analytics' web workers."""
+    with app.app_context():
+        consumer = AnalyticsEventConsumer(config, db.engine, stop)
+        consumer.status_file = StatusFile(status_path(config.DATA_DIR, CONSUMER_PART, config.COPY))
+        consumer.run()
+
+
 def run(config):
     config.ensure_data_dir()
     start_part_metrics(
@@ -82,21 +91,18 @@ def run(config):
     start_tracing(CONSUMER_PART)
     app = create_app(config)
     stop = stop_on_signals(threading.Event())
-    # A database that is away at start is waited for, like one lost later.
-    if not retry_until_done("analytics migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
-        return
-    freeze_start_up_objects()
-    with app.app_context():
-        consumer = AnalyticsEventConsumer(config, db.engine, stop)
-        consumer.status_file = StatusFile(status_path(config.DATA_DIR, "analytics-consumer", config.COPY))
-        try:
-            consumer.run()
-        finally:
-            stop_tracing()
+    try:
+        # A database that is away at start is waited for, like one lost later.
+        if not retry_until_done("analytics migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
+            return
+        freeze_start_up_objects()
+        work(config, app, stop)
+    finally:
+        stop_tracing()
 
 
 def main():
-    run_main("analytics-consumer", Config, run)
+    run_main(CONSUMER_PART, Config, run)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ def create_app(config: Config | None = None) -> Flask:
         db=db,
         migrate=migrate,
         api=api,
-        migrations_dir=MIGRATIONS_DIR,
         blueprints=[blp],
         gateway_prefix="/api",
     )

@@ -45,6 +45,7 @@ from .models import LogPosition
 from .store import NewEntry, append_entries
 
 log = logging.getLogger(__name__)
+COLLECTOR_PART = "audit-collector"
 ROTATED_SUFFIX = ".1"  # what a rotation renames the log to (audit/README.md)
 CHUNK_BYTES = 1 << 20  # the most one round reads (and one transaction appends)
 MAX_TEXT = 320  # longest actor or address kept; longer is cut
@@ -306,14 +307,11 @@ class GatewayLogCollector:
         return line
 
 
-def run(config):
-    config.ensure_data_dir()
-    app = create_app(config)
-    stop = stop_on_signals(threading.Event())
-    if not retry_until_done("audit migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
-        return
-    freeze_start_up_objects()
-    status = StatusFile(status_path(config.DATA_DIR, "audit-collector"))
+def work(config, app, stop):
+    """Collects the gateway's audit log on the built app (its database
+    migrated) until `stop` is set: in its own process (run) or forked beside
+    audit's web workers."""
+    status = StatusFile(status_path(config.DATA_DIR, COLLECTOR_PART))
     outage = status.outage("collecting the gateway's audit log")
     with app.app_context():
         collector = GatewayLogCollector(
@@ -330,8 +328,18 @@ def run(config):
         run_until_stopped(outage.activity, step, stop, outage)
 
 
+def run(config):
+    config.ensure_data_dir()
+    app = create_app(config)
+    stop = stop_on_signals(threading.Event())
+    if not retry_until_done("audit migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
+        return
+    freeze_start_up_objects()
+    work(config, app, stop)
+
+
 def main():
-    run_main("audit-collector", Config, run)
+    run_main(COLLECTOR_PART, Config, run)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .extensions import db
 from .store import NewEntry, append_entries
 
 log = logging.getLogger(__name__)
+CONSUMER_PART = "audit-consumer"
 # Event type -> the action, and the status the client got for that change.
 ACTION_OF_EVENT = {CREATED: ("CREATE", 201), UPDATED: ("UPDATE", 200), DELETED: ("DELETE", 204)}
 
@@ -67,6 +68,15 @@ class AuditEventConsumer(EventConsumer):
         self.status_file.report("auditing patient events", waiting_for(self.outage))
 
 
+def work(config, app, stop):
+    """Audits events on the built app (its database migrated) until `stop` is
+    set: in its own process (run) or forked beside audit's web workers."""
+    with app.app_context():
+        consumer = AuditEventConsumer(config, db.engine, stop)
+        consumer.status_file = StatusFile(status_path(config.DATA_DIR, CONSUMER_PART))
+        consumer.run()
+
+
 def run(config):
     config.ensure_data_dir()
     app = create_app(config)
@@ -74,14 +84,11 @@ def run(config):
     if not retry_until_done("audit migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
         return
     freeze_start_up_objects()
-    with app.app_context():
-        consumer = AuditEventConsumer(config, db.engine, stop)
-        consumer.status_file = StatusFile(status_path(config.DATA_DIR, "audit-consumer"))
-        consumer.run()
+    work(config, app, stop)
 
 
 def main():
-    run_main("audit-consumer", Config, run)
+    run_main(CONSUMER_PART, Config, run)
 
 
 if __name__ == "__main__":

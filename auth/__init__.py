@@ -28,7 +28,6 @@ def create_app(config: Config | None = None) -> Flask:
         db=db,
         migrate=migrate,
         api=api,
-        migrations_dir=MIGRATIONS_DIR,
         blueprints=BLUEPRINTS,
         gateway_prefix="/auth",
         every_operation_needs_a_token=False,

@@ -1,8 +1,9 @@
-from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 
+from pms_common.web_app import Migrations
+
 db = SQLAlchemy()
 # Each service keeps its own version table: one DATABASE_URL may serve them all.
-migrate = Migrate(version_table="alembic_version_auth", compare_type=True)
+migrate = Migrations(version_table="alembic_version_auth")
 api = Api()

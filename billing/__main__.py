@@ -3,7 +3,9 @@
 
 import logging
 import threading
+from functools import partial
 
+from pms_common.child import run_in_child
 from pms_common.entry import Migrate, run_command
 from pms_common.freeze import freeze_start_up_objects
 from pms_common.metrics import start_part_metrics
@@ -26,8 +28,10 @@ def serve(config):
     instrument_engines([store.engine])
     consumer = None
     try:
-        # A database that is away at start is waited for, like one lost later.
-        if not retry_until_done("billing migrations", store.migrate, stop_on_signals(threading.Event())):
+        # A database that is away at start is waited for, like one lost later;
+        # the migration runs in a child, which alone imports alembic.
+        migrate_in_child = partial(run_in_child, store.migrate)
+        if not retry_until_done("billing migrations", migrate_in_child, stop_on_signals(threading.Event())):
             return
         _server, _port, frame = create_server(config, f"{config.BIND_HOST}:{config.PORT}", store=store)
         frame.start()

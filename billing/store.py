@@ -6,8 +6,6 @@ import secrets
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pms_common import metrics
@@ -44,7 +42,11 @@ def own_names(name, type_, _parent_names):
 
 
 def alembic_config():
-    """The migrations' settings, built in code (start-up needs no alembic.ini)."""
+    """The migrations' settings, built in code (start-up needs no alembic.ini).
+    alembic is imported here: the server migrates in a child process
+    (billing.__main__), and its own never holds alembic."""
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -82,6 +84,8 @@ class Store:
 
     def migrate(self):
         """Brings the schema to the newest migration."""
+        from alembic import command
+
         config = alembic_config()
         # In a transaction, on an engine of its own: a failed migration leaves nothing half done.
         engine = create_engine(self._url)

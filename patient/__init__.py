@@ -25,7 +25,6 @@ def create_app(config: Config | None = None) -> Flask:
         db=db,
         migrate=migrate,
         api=api,
-        migrations_dir=MIGRATIONS_DIR,
         blueprints=[blp, fhir_blp],
         gateway_prefix="/api",
         metrics_collectors=[OutboxBacklogCollector(db)],

@@ -23,6 +23,7 @@ from .extensions import db
 from .outbox import STANDBY_RETRY_SECONDS, OutboxRelay
 
 log = logging.getLogger(__name__)
+WORKER_PART = "patient-worker"
 BILLING_SWEEP_SECONDS = 1.0
 # While there is nothing to publish the relay's pause doubles up to this, so an
 # idle system does not query its outbox every few ms (bench/README.md); the
@@ -148,23 +149,29 @@ def run(app, stop: threading.Event):
         log.info("worker stopped")
 
 
+def work(config, app, stop: threading.Event):
+    """The worker's loops on the built app until `stop` is set: in its own
+    process (serve) or forked beside patient's web workers (pms_common.serve)."""
+    app.extensions["status_file"] = StatusFile(status_path(config.DATA_DIR, WORKER_PART, config.COPY))
+    run(app, stop)
+
+
 def serve(config):
     stop = stop_on_signals(threading.Event())
     start_part_metrics(
-        config.DATA_DIR, "patient-worker", config.BIND_HOST, config.WORKER_METRICS_PORT, config.COPY
+        config.DATA_DIR, WORKER_PART, config.BIND_HOST, config.WORKER_METRICS_PORT, config.COPY
     )
-    start_tracing("patient-worker")
+    start_tracing(WORKER_PART)
     app = create_app(config)
-    app.extensions["status_file"] = StatusFile(status_path(config.DATA_DIR, "patient-worker", config.COPY))
     freeze_start_up_objects()
     try:
-        run(app, stop)
+        work(config, app, stop)
     finally:
         stop_tracing()
 
 
 def main():
-    run_main("patient-worker", Config, serve)
+    run_main(WORKER_PART, Config, serve)
 
 
 if __name__ == "__main__":

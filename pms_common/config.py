@@ -38,6 +38,10 @@ Environ = Mapping[str, str]
 NumberT = TypeVar("NumberT", int, float)
 
 
+# Where a web service's background loops run (WebConfig.BACKGROUND_LOOPS).
+BACKGROUND_APART, BACKGROUND_BESIDE = "apart", "beside"
+
+
 class ConfigError(RuntimeError):
     """A required setting is missing or invalid: the process must not start."""
 
@@ -314,9 +318,19 @@ class WebConfig(ServiceConfig):
         super().load_shared()
         self.WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 2)  # gunicorn worker processes
         self.WEB_THREADS = env_int("WEB_THREADS", 4)  # threads per worker
+        # The service's background loops (its outbox relay, consumers):
+        # `apart`, each run by its own command (a container of its own), or
+        # `beside`, forked by gunicorn's master beside its workers, sharing
+        # their pages (what `make run` does on one machine; pms_common.serve).
+        self.BACKGROUND_LOOPS = env_str("BACKGROUND_LOOPS", BACKGROUND_APART)
 
     def check(self) -> None:
         super().check()
         for name in ("WEB_CONCURRENCY", "WEB_THREADS"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.BACKGROUND_LOOPS not in (BACKGROUND_APART, BACKGROUND_BESIDE):
+            raise ConfigError(
+                f"BACKGROUND_LOOPS must be '{BACKGROUND_APART}' or '{BACKGROUND_BESIDE}', "
+                f"got {self.BACKGROUND_LOOPS!r}"
+            )

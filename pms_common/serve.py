@@ -13,32 +13,45 @@ production starts.
 A database that is away at start is waited for (like one lost later) before
 the port is opened. Workers die with their master, and a master started in
 place of a killed one takes the port over without refusing a connection
-(pms_common.listener)."""
+(pms_common.listener).
+
+With BACKGROUND_LOOPS=beside the master also forks the service's background
+loops (`Background`: its outbox relay, its consumers), one process each,
+after its workers: they share the master's pages as the workers do, instead
+of importing the whole service again in a process of their own. The master
+starts a loop again when it dies (after a pause that grows while it keeps
+dying young) and stops it with the workers."""
 
 from __future__ import annotations
 
+import errno
+import importlib
 import logging
 import os
+import signal
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from flask_migrate import upgrade
 from gunicorn.app.base import Application
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
-from sqlalchemy.exc import SQLAlchemyError
 
-from .config import WebConfig, prepare_data_dir
+from .child import run_in_child
+from .config import BACKGROUND_BESIDE, WebConfig, prepare_data_dir
 from .freeze import freeze_start_up_objects
 from .lifeline import die_with_parent
 from .listener import bind_shared, hand_over, keep_sockets
 from .logs import configure_logging, gunicorn_logconfig
-from .metrics import metrics_dir, use_multiprocess
-from .telemetry import start_tracing
-from .worker import Outage, stop_on_signals
+from .metrics import metrics_dir, start_part_metrics, use_multiprocess
+from .telemetry import start_tracing, stop_tracing
+from .web_app import Migrations
+from .worker import FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, Outage, PeerUnavailable, stop_on_signals
 
 log = logging.getLogger(__name__)
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
@@ -49,22 +62,23 @@ def migrate_and_seed(app: Flask, migrations_dir: str | Path, seed: Seed | None =
     """Makes the data folder and a SQLite file private before the database
     is written, applies the migrations, then seeds (when given)."""
     prepare_data_dir(app.config["DATA_DIR"], app.config["SQLALCHEMY_DATABASE_URI"])
-    with app.app_context():
-        upgrade(directory=str(migrations_dir))
-        if seed is not None:
+    Migrations.apply(app, migrations_dir)
+    if seed is not None:
+        with app.app_context():
             seed(app)
 
 
 def migrate_when_database_answers(
     app: Flask, migrations_dir: str | Path, seed: Seed | None, stop: threading.Event
 ) -> bool:
-    """migrate_and_seed, tried again with backoff while the database is away
-    (any other error is raised); False if stopped first."""
+    """migrate_and_seed in a child process (pms_common.child: alembic stays out
+    of the master, and so out of every worker), tried again with backoff
+    while the database is away (any other error is raised); False if stopped first."""
     outage = Outage(f"{app.name} migrations")
     while not stop.is_set():
         try:
-            migrate_and_seed(app, migrations_dir, seed)
-        except SQLAlchemyError as error:
+            run_in_child(lambda: migrate_and_seed(app, migrations_dir, seed))
+        except PeerUnavailable as error:
             stop.wait(outage.failed(error))
             continue
         outage.recovered()
@@ -95,12 +109,202 @@ def gunicorn_settings(config: WebConfig) -> dict[str, Any]:
     }
 
 
-class BuiltApp(Application):
-    """gunicorn with our settings, serving an app that is already built."""
+@dataclass(frozen=True)
+class Background:
+    """A background loop of a service: `work(config, app, stop)` (named as
+    "module:function", imported only where the loop runs, so a web-only
+    process never loads the broker's client) runs it on the service's config
+    and built app until `stop` is set, in a process of its own: its own
+    command's, or one the service's master forks. Forked, it traces as `part`
+    and, when the service's config names its metrics port
+    (`metrics_port_setting`), keeps and serves its metrics apart from the web
+    workers', as its own command does."""
 
-    def __init__(self, app: Flask, settings: dict[str, Any]) -> None:
-        self.application, self.settings = app, settings
+    part: str
+    work: str
+    metrics_port_setting: str | None = None
+
+    def load(self) -> Callable[[Any, Flask, threading.Event], object]:
+        module, _, function = self.work.partition(":")
+        work: Callable[[Any, Flask, threading.Event], object] = getattr(
+            importlib.import_module(module), function
+        )
+        return work
+
+
+# A loop that dies sooner than this after its start is started again only
+# after a pause, doubled each time (up to MAX_DELAY_SECONDS).
+SHORT_LIFE_SECONDS = 10.0
+
+
+@dataclass
+class LoopProcess:
+    """The master's record of one background loop."""
+
+    background: Background
+    # Its work, imported by the master before it forks: each fork shares it.
+    work: Callable[[Any, Flask, threading.Event], object]
+    pid: int = 0
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    delay: float = FIRST_DELAY_SECONDS
+
+    def ended(self, now: float) -> float:
+        """Records the loop's end; how long it lived. One that lived long is
+        started again at once; one that died young after a pause that doubles
+        with each young death (FIRST_DELAY_SECONDS up to MAX_DELAY_SECONDS)."""
+        lived = now - self.started_at
+        self.pid = 0
+        if lived >= SHORT_LIFE_SECONDS:
+            self.delay, self.next_start_at = FIRST_DELAY_SECONDS, now
+        else:
+            self.next_start_at = now + self.delay
+            self.delay = min(self.delay * 2, MAX_DELAY_SECONDS)
+        return lived
+
+
+class ServiceArbiter(Arbiter):
+    """gunicorn's master, which also keeps the service's background loops
+    running, each a forked child (as its workers are), and stops them with
+    its workers. A child is found by its own pid: gunicorn's reaping of
+    every child (waitpid(-1)) may claim it first, which counts as its end."""
+
+    def __init__(self, app: Application, loops: Sequence[Background]) -> None:
+        super().__init__(app)
+        self.loops = [LoopProcess(background, background.load()) for background in loops]
+        self.stopping_loops = False
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        self.reap_loops()
+        if self.stopping_loops:
+            return
+        now = time.monotonic()
+        for loop in self.loops:
+            if not loop.pid and now >= loop.next_start_at:
+                self.spawn_loop(loop)
+
+    def handle_chld(self) -> None:
+        self.reap_loops()
+        super().handle_chld()
+
+    handle_cld = handle_chld  # SIGCLD's name for the same signal, as in gunicorn
+
+    def reap_loops(self) -> None:
+        for loop in self.loops:
+            if not loop.pid:
+                continue
+            try:
+                pid, status = os.waitpid(loop.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = loop.pid, None  # reaped by gunicorn's waitpid(-1)
+            if pid:
+                self.loop_ended(loop, status)
+
+    def loop_ended(self, loop: LoopProcess, status: int | None) -> None:
+        lived = loop.ended(time.monotonic())
+        if self.stopping_loops:
+            return
+        log.error(
+            "background loop died; restarting",
+            extra={
+                "part": loop.background.part,
+                "exit_status": exit_status(status),
+                "lived_seconds": round(lived, 1),
+                "restart_in_s": round(max(0.0, loop.next_start_at - time.monotonic()), 1),
+            },
+        )
+
+    def spawn_loop(self, loop: LoopProcess) -> None:
+        loop.started_at = time.monotonic()
+        pid = os.fork()
+        if pid:
+            loop.pid = pid
+            return
+        # The child: gunicorn's signal handling, listeners and worker files are the master's.
+        for signum in (*self.SIGNALS, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        for listener in self.LISTENERS:
+            listener.close()
+        for worker in self.WORKERS.values():
+            worker.tmp.close()
+        code = run_loop(loop.background, loop.work, self.app.service_config, self.app.application)
+        sys.exit(code)
+
+    def stop(self, graceful: bool = True) -> None:
+        """The loops are told to stop first, then the workers (gunicorn's own
+        stop), then the loops are waited for within the same grace."""
+        self.stopping_loops = True
+        limit = time.monotonic() + self.cfg.graceful_timeout
+        self.signal_loops(signal.SIGTERM if graceful else signal.SIGQUIT)
+        super().stop(graceful)
+        while any(loop.pid for loop in self.loops) and time.monotonic() < limit:
+            self.reap_loops()
+            time.sleep(0.1)
+        self.signal_loops(signal.SIGKILL)
+        self.reap_loops()
+
+    def signal_loops(self, signum: int) -> None:
+        for loop in self.loops:
+            if loop.pid:
+                try:
+                    os.kill(loop.pid, signum)
+                except OSError as error:
+                    if error.errno != errno.ESRCH:
+                        raise
+
+
+def exit_status(status: int | None) -> int | str | None:
+    """A child's exit code, or the name of the signal that ended it (None: unknown)."""
+    if status is None:
+        return None
+    if os.WIFSIGNALED(status):
+        return signal.Signals(os.WTERMSIG(status)).name
+    return os.waitstatus_to_exitcode(status)
+
+
+def run_loop(
+    background: Background,
+    work: Callable[[Any, Flask, threading.Event], object],
+    config: WebConfig,
+    app: Flask,
+) -> int:
+    """A forked loop's life: it dies with the master, logs and traces as its
+    part, and runs until SIGTERM; its exit code (1 if it failed)."""
+    die_with_parent()
+    configure_logging(background.part, config.LOG_LEVEL)
+    stop = stop_on_signals(threading.Event())
+    if background.metrics_port_setting is not None:
+        port = getattr(config, background.metrics_port_setting)
+        start_part_metrics(config.DATA_DIR, background.part, config.BIND_HOST, port, config.COPY)
+    start_tracing(background.part)
+    freeze_start_up_objects()
+    try:
+        work(config, app, stop)
+    except Exception:
+        log.exception("background loop failed", extra={"part": background.part})
+        return 1
+    finally:
+        stop_tracing()
+    return 0
+
+
+class BuiltApp(Application):
+    """gunicorn with our settings, serving an app that is already built, and
+    running the service's background loops beside it (when given)."""
+
+    def __init__(
+        self, app: Flask, config: WebConfig, settings: dict[str, Any], loops: Sequence[Background] = ()
+    ) -> None:
+        self.application, self.service_config, self.settings, self.loops = app, config, settings, loops
         super().__init__()
+
+    def run(self) -> None:
+        try:
+            ServiceArbiter(self, self.loops).run()
+        except RuntimeError as error:  # as gunicorn's own run(): a bad setting, one line
+            print(f"Error: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load_config(self) -> None:
         self.load_config_from_file(str(GUNICORN_CONF))
@@ -116,9 +320,11 @@ def run_web_service(
     create_app: Callable[[WebConfig], Flask],
     migrations_dir: str | Path,
     seed: Seed | None = None,
+    background: Sequence[Background] = (),
 ) -> None:
     """Builds the app, migrates and seeds its database (waiting for it while
-    it is away), and serves it with gunicorn until stopped. Its workers'
+    it is away), and serves it with gunicorn until stopped, with the
+    `background` loops beside it when BACKGROUND_LOOPS=beside. Its workers'
     metrics go to the service's folder, emptied first (pms_common.metrics)."""
     use_multiprocess(metrics_dir(config.DATA_DIR, config.SERVICE, config.COPY))
     app = create_app(config)
@@ -129,7 +335,8 @@ def run_web_service(
     with app.app_context():
         for engine in app.extensions["sqlalchemy"].engines.values():
             engine.dispose()
-    server = BuiltApp(app, gunicorn_settings(config))
+    loops = background if config.BACKGROUND_LOOPS == BACKGROUND_BESIDE else ()
+    server = BuiltApp(app, config, gunicorn_settings(config), loops)
     listener = bind_shared(config.BIND_HOST, config.PORT, server.cfg.backlog)
     # Served from the socket bound here; gunicorn owns its descriptor from now on.
     server.cfg.set("bind", [f"fd://{listener.detach()}"])

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from flask_migrate import Migrate
 from flask_smorest import Api, Blueprint
 from flask_sqlalchemy import SQLAlchemy
 
@@ -32,14 +31,46 @@ from .web import (
 )
 
 
+class Migrations:
+    """A service's migrations (Flask-Migrate), set up on its app only when it
+    migrates (pms_common.serve.migrate_and_seed): alembic, imported then, stays
+    out of a server's long-lived processes."""
+
+    def __init__(self, version_table: str) -> None:
+        self.version_table = version_table  # each service its own: one DATABASE_URL may serve them all
+        self.db: SQLAlchemy | None = None
+
+    def init_app(self, app: Flask, db: SQLAlchemy) -> None:
+        app.extensions[MIGRATIONS] = self
+        self.db = db
+
+    def use_alembic(self, app: Flask, directory: str | Path) -> None:
+        """Flask-Migrate on the app: its upgrade, downgrade and `flask db`
+        commands work on it from here on."""
+        from flask_migrate import Migrate
+
+        Migrate(app, self.db, directory=str(directory), version_table=self.version_table, compare_type=True)
+
+    @staticmethod
+    def apply(app: Flask, directory: str | Path) -> None:
+        """Upgrades the app's database to the newest migration in `directory`."""
+        from flask_migrate import upgrade
+
+        app.extensions[MIGRATIONS].use_alembic(app, directory)
+        with app.app_context():
+            upgrade(directory=str(directory))
+
+
+MIGRATIONS = "pms_migrations"
+
+
 def create_web_app(
     config: WebConfig,
     *,
     import_name: str,
     db: SQLAlchemy,
-    migrate: Migrate,
+    migrate: Migrations,
     api: Api,
-    migrations_dir: str | Path,
     blueprints: Iterable[Blueprint],
     gateway_prefix: str,
     every_operation_needs_a_token: bool = True,
@@ -64,7 +95,7 @@ def create_web_app(
     app.config["GATEWAY_PREFIX"] = gateway_prefix
     app.json.sort_keys = False  # type: ignore[attr-defined]  # fields keep their declared order
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(migrations_dir))
+    migrate.init_app(app, db)
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)
     explain_http_errors(app, api)

@@ -23,14 +23,9 @@ from pms_common.config import (
 ROOT = Path(__file__).resolve().parent.parent
 # The parts that may run as several copies (PMS_COPIES), each with the
 # service whose database it uses: the gateway balances over the copies of a
-# part with a port, and the outbox relays and consumers share their work.
-COPYABLE = {
-    "patient": "patient",
-    "patient-worker": "patient",
-    "analytics": "analytics",
-    "analytics-consumer": "analytics",
-    "billing": "billing",
-}
+# part with a port, and the outbox relays and consumers (each copy's own,
+# stack.parts) share their work.
+COPYABLE = {"patient": "patient", "analytics": "analytics", "billing": "billing"}
 
 
 def copies_setting(environ: Environ | None = None) -> dict[str, int]:

@@ -14,6 +14,7 @@ import requests
 
 from pms_common.config import DEV_USER_EMAIL, DEV_USER_PASSWORD, LOOPBACK, PARTS, process_environment
 from pms_common.lifeline import die_with_parent
+from pms_common.status import read_status, status_path
 
 from .config import free_port as free_port  # the tests take theirs from here
 from .config import free_ports
@@ -114,6 +115,11 @@ class RunningSystem:
 
     def log_lines(self, part):
         return [line for line in self.output if line.startswith(f"{part} ")]
+
+    def loop_pid(self, loop, copy=1):
+        """The pid of a background loop (the outbox relay, a consumer): its
+        service forks it, and its status file names it (pms_common.status)."""
+        return read_status(status_path(self.env["PMS_DATA_DIR"], loop, copy))["pid"]
 
     def token(self, credentials=DEV_LOGIN):
         """Logs in; waits out a login throttle that another caller provoked."""

@@ -4,8 +4,13 @@ through StackConfig).
 
 A part's `problem()` is None while it does its work, else one line on why not:
 a web part's readiness names its failing checks, a gRPC part's health says
-whether it serves, and a part without a port (the outbox relay, the analytics
-consumer) says it in its status file (pms_common.status)."""
+whether it serves, and a background loop (the outbox relay, the consumers)
+says it in its status file (pms_common.status).
+
+A background loop runs in its service's process tree: the service's gunicorn
+master forks it beside its workers (BACKGROUND_LOOPS=beside,
+pms_common.serve), so supervisord runs the service and the launcher follows
+the loop by its status file (`runs_in`)."""
 
 import json
 import socket
@@ -32,8 +37,9 @@ BIN = Path(sys.executable).parent
 # `make run`, and by the Dockerfile's ENV for containers (a test keeps them equal).
 GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=1.0))
-# The order of a clean stop: intake first (the gateway, then the services
-# behind it), then what moves events (after the drain, stack.drain), the broker last.
+# The order of a clean stop: intake first (the gateway, then the parts only
+# it calls), then the services whose loops move events (after the drain,
+# stack.drain) and billing, the broker last.
 GATEWAY_STOP, INTAKE_STOP, BACKGROUND_STOP, BROKER_STOP = range(4)
 
 
@@ -87,6 +93,13 @@ class Part:
     priority: int = 100
     stop_phase: int = BACKGROUND_STOP
     env: dict = field(default_factory=dict)
+    # The supervised part whose process runs this loop; None: supervisord runs it.
+    runs_in: str | None = None
+
+    @property
+    def supervised(self) -> str:
+        """The supervisord program this part's process belongs to."""
+        return self.runs_in or self.name
 
 
 AUDIT_PARTS = ("audit", "audit-consumer", "audit-collector")
@@ -109,7 +122,7 @@ def build_parts(ports, envoy_config, data_dir, copy_ports=None, audit_trail=True
             parts += [
                 part
                 for part in parts_of_copy({**ports, **own_ports}, envoy_config, data_dir, copy, env)
-                if part.name == f"{name}-{copy}"
+                if part.supervised == f"{name}-{copy}"
             ]
     return parts
 
@@ -127,6 +140,9 @@ def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
     def status_file(name):
         return lambda: problem_of(status_path(data_dir, name, copy))
 
+    def loop(name, service):
+        return Part(name, [], status_file(name), runs_in=service)
+
     def broker():
         return None if tcp_open(ports["BROKER_PORT"]) else "not accepting connections"
 
@@ -139,24 +155,13 @@ def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
         Part("broker", tansu_command(ports["BROKER_PORT"]), broker, priority=10, stop_phase=BROKER_STOP),
         Part("auth", python + ["auth"], readiness("AUTH_PORT"), priority=20, stop_phase=INTAKE_STOP),
         Part("billing", python + ["billing"], health("BILLING_PORT"), priority=20),
-        Part("patient", python + ["patient"], readiness("PATIENT_PORT"), priority=30, stop_phase=INTAKE_STOP),
-        Part("patient-worker", python + ["patient.worker"], status_file("patient-worker"), priority=40),
-        Part(
-            "analytics",
-            python + ["analytics"],
-            readiness("ANALYTICS_PORT"),
-            priority=30,
-            stop_phase=INTAKE_STOP,
-        ),
-        Part(
-            "analytics-consumer",
-            python + ["analytics.consumer"],
-            status_file("analytics-consumer"),
-            priority=40,
-        ),
-        Part("audit", python + ["audit"], readiness("AUDIT_PORT"), priority=30, stop_phase=INTAKE_STOP),
-        Part("audit-consumer", python + ["audit.consumer"], status_file("audit-consumer"), priority=40),
-        Part("audit-collector", python + ["audit.collector"], status_file("audit-collector"), priority=40),
+        Part("patient", python + ["patient"], readiness("PATIENT_PORT"), priority=30),
+        loop("patient-worker", "patient"),
+        Part("analytics", python + ["analytics"], readiness("ANALYTICS_PORT"), priority=30),
+        loop("analytics-consumer", "analytics"),
+        Part("audit", python + ["audit"], readiness("AUDIT_PORT"), priority=30),
+        loop("audit-consumer", "audit"),
+        loop("audit-collector", "audit"),
         Part(
             "ext-authz",
             python + ["gateway.ext_authz"],
@@ -194,4 +199,6 @@ def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
     if copy > 1:
         for part in parts:
             part.name, part.env = f"{part.name}-{copy}", env or {}
+            if part.runs_in is not None:
+                part.runs_in = f"{part.runs_in}-{copy}"
     return parts

@@ -9,9 +9,11 @@ another `make run` in the same run folder or when a port is taken (after
 stopping what an earlier run in the folder left running). Every part dies
 with supervisord, and supervisord with this launcher (stack.tether).
 
-A clean stop loses nothing: intake stops first (the gateway, then the services
-behind it), the events in flight are delivered (stack.drain), then the rest
-stops, the broker last.
+A clean stop loses nothing: intake stops first (the gateway, then the parts
+only it calls), the events in flight are delivered (stack.drain), then the
+rest stops, the broker last. The services' background loops run in their
+services' process trees (stack.parts): supervisord runs the service, and the
+service's master restarts a loop that dies.
 """
 
 import json
@@ -34,6 +36,7 @@ from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from gateway.render import render
 from pms_common.config import (
+    BACKGROUND_BESIDE,
     DEV,
     DEV_USER_EMAIL,
     DEV_USER_PASSWORD,
@@ -125,7 +128,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 serverurl=unix://{run_dir}/supervisor.sock
 """
     ]
-    for part in parts:
+    for part in (part for part in parts if part.runs_in is None):
         # Each part dies with supervisord and is recorded in the run folder (stack.tether).
         command = [sys.executable, "-m", "stack.tether", str(run_dir), part.name, *part.command]
         # A copy's own settings (its port, which copy it is) on top of supervisord's environment.
@@ -240,12 +243,13 @@ class Stack:
 
     def copy_ports(self):
         """Part → for each copy after the first (PMS_COPIES), the port settings
-        it listens on (its own port, its metrics port), each a free port."""
+        it listens on (its own port, its metrics port and its loops', all
+        named after it: PATIENT_WORKER_METRICS_PORT), each a free port."""
         taken = set(self.ports.values())
         chosen = {}
         for name, count in self.config.COPIES.items():
             prefix = name.upper().replace("-", "_")
-            settings = [s for s in (f"{prefix}_PORT", f"{prefix}_METRICS_PORT") if s in self.ports]
+            settings = [setting for setting in self.ports if setting.startswith(f"{prefix}_")]
             chosen[name] = []
             for _ in range(count - 1):
                 own = {}
@@ -276,6 +280,8 @@ class Stack:
         env.setdefault("KAFKA_BOOTSTRAP_SERVERS", f"{LOOPBACK}:{self.ports['BROKER_PORT']}")
         env.setdefault("PMS_ENV", self.config.ENV)
         env.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+        # Each service forks its own loops: one process tree per service (stack.parts).
+        env["BACKGROUND_LOOPS"] = BACKGROUND_BESIDE
         return env
 
     def rpc(self):
@@ -311,14 +317,19 @@ class Stack:
             self.check_supervisord()
             states = self.process_states()
             for name, part in list(pending.items()):
-                if states.get(name) in LIVE_STATES and self.problem_of(part) is None:
+                if states.get(part.supervised) in LIVE_STATES and self.problem_of(part) is None:
                     del pending[name]
                     self.problems[name] = None
                     say(f"{name} is ready ({time.monotonic() - started:.1f}s)")
             elapsed = time.monotonic() - started
             if pending and elapsed - last_progress >= 5:
                 last_progress = elapsed
-                say("waiting for " + ", ".join(f"{n} ({states.get(n, 'STARTING').lower()})" for n in pending))
+                say(
+                    "waiting for "
+                    + ", ".join(
+                        f"{n} ({states.get(p.supervised, 'STARTING').lower()})" for n, p in pending.items()
+                    )
+                )
             if elapsed > self.config.READY_TIMEOUT_SECONDS:
                 for name, part in pending.items():
                     self.report_dead(name, tail, f"did not become healthy in time ({self.problem_of(part)})")
@@ -405,13 +416,13 @@ class Stack:
 
     def report_problems(self, infos):
         """One line when a running part stops doing its work, one when it works again."""
-        parts = {part.name: part for part in self.parts}
-        for info in infos:
-            name, state = info["name"], info["statename"]
+        states = {info["name"]: info["statename"] for info in infos}
+        for part in self.parts:
+            name, state = part.name, states.get(part.supervised)
             # A dead part: the line about its death said so. A starting one: not yet said.
-            if name not in parts or state not in LIVE_STATES:
+            if state not in LIVE_STATES:
                 continue
-            problem = self.problem_of(parts[name])
+            problem = self.problem_of(part)
             before = self.problems.get(name)
             if problem is None and before is not None and state == "RUNNING":
                 say(f"{name}: working again")
@@ -448,7 +459,7 @@ class Stack:
         self.stop_phase(BROKER_STOP)
 
     def stop_phase(self, phase):
-        names = [part.name for part in self.parts if part.stop_phase == phase]
+        names = [part.name for part in self.parts if part.stop_phase == phase and part.runs_in is None]
         rpc = self.rpc()
         for name in names:
             try:
@@ -474,7 +485,7 @@ class Stack:
             readers = []
         left = drain(
             status_path(self.data_dir, "patient-worker"),
-            self.process_states().get("patient-worker") == "RUNNING",
+            self.process_states().get("patient") == "RUNNING",
             self.env["KAFKA_BOOTSTRAP_SERVERS"],
             readers,
             intake_stopped_at,
@@ -521,7 +532,7 @@ def run(config: StackConfig):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
-    tail = LogTail(stack.run_dir / "logs", [part.name for part in stack.parts])
+    tail = LogTail(stack.run_dir / "logs", [part.name for part in stack.parts if part.runs_in is None])
     try:
         stack.start(conf)
         tail.start()

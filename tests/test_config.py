@@ -158,7 +158,7 @@ def test_gunicorn_takes_pool_bind_and_logging_from_the_config(clean_environment,
     monkeypatch.setenv("WEB_THREADS", "5")
     monkeypatch.setenv("LOG_LEVEL", "warning")
     config = AnalyticsConfig(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", PORT=14002)
-    server = BuiltApp(create_analytics_app(config), gunicorn_settings(config))
+    server = BuiltApp(create_analytics_app(config), config, gunicorn_settings(config))
     assert (server.cfg.workers, server.cfg.threads, server.cfg.bind) == (3, 5, ["127.0.0.1:14002"])
     assert server.cfg.loglevel == "warning" and server.cfg.worker_class_str == "gthread"
     formatter = server.cfg.logconfig_dict["formatters"]["json"]

@@ -23,7 +23,7 @@ LOG_LINES = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": Tru
 class WebPart:
     """`python -m analytics` (its API) on a free port, its JSON log lines kept."""
 
-    def __init__(self, tmp_path, database_url):
+    def __init__(self, tmp_path, database_url, **settings):
         self.port = free_port()
         env = {
             **os.environ,
@@ -31,6 +31,7 @@ class WebPart:
             "DATABASE_URL": database_url,
             "PMS_DATA_DIR": str(tmp_path),
             "WEB_CONCURRENCY": "1",
+            **settings,
         }
         self.process = subprocess.Popen([sys.executable, "-m", "analytics"], cwd=REPO, env=env, **LOG_LINES)
         self.lines = []

@@ -26,17 +26,9 @@ from .. import figures
 from .observability_cost import otlp_collector, settings
 
 PROFILES = ROOT / "bench" / "profiles"
-# The Python parts; gunicorn's master only forks, so its workers are profiled.
-PYTHON_PARTS = (
-    "patient",
-    "auth",
-    "billing",
-    "analytics-consumer",
-    "patient-worker",
-    "ext-authz",
-    "audit-consumer",
-    "audit-collector",
-)
+# The Python parts; gunicorn's master only forks, so its workers and the
+# background loops it forked (the relay, the consumers) are profiled.
+PYTHON_PARTS = ("patient", "auth", "billing", "analytics", "ext-authz", "audit")
 SAMPLES_PER_SECOND = 200
 
 

@@ -12,7 +12,7 @@ from flask_migrate import downgrade, upgrade
 
 from auth import MIGRATIONS_DIR, create_app
 from auth.config import Config
-from auth.extensions import db
+from auth.extensions import db, migrate
 from tests.auth.conftest import AUTH_ENV_VARS
 from tests.auth.helpers import FAST_ARGON2, JWT_SECRET, login
 
@@ -41,6 +41,7 @@ def auth_app(database_url, tmp_path, monkeypatch):
             **FAST_ARGON2,
         )
     )
+    migrate.use_alembic(app, MIGRATIONS_DIR)
     yield app
     with app.app_context():
         db.engine.dispose()

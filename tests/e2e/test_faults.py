@@ -145,7 +145,7 @@ def test_parts_killed_under_load_are_restarted_and_errors_stay_under_one_percent
                 # cut the body short. An error for the count, and the load goes on.
                 outcomes.append(BROKEN)
 
-    billing_pid, consumer_pid = part_pid(system, "billing"), part_pid(system, "analytics-consumer")
+    billing_pid, consumer_pid = part_pid(system, "billing"), system.loop_pid("analytics-consumer")
     patient_workers = psutil.Process(part_pid(system, "patient")).children()
     threads = [threading.Thread(target=load, args=(n,)) for n in range(6)]
     for thread in threads:
@@ -168,7 +168,7 @@ def test_parts_killed_under_load_are_restarted_and_errors_stay_under_one_percent
         message="billing to be restarted",
     )
     wait_for(
-        lambda: part_pid(system, "analytics-consumer") not in (0, consumer_pid),
+        lambda: system.loop_pid("analytics-consumer") != consumer_pid,
         timeout=30,
         message="the consumer to be restarted",
     )

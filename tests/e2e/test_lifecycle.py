@@ -57,18 +57,13 @@ def test_sigterm_stops_every_part(tmp_path):
     for expected in ("tansu", "envoy"):
         assert expected in programs
     modules = [command[command.index("-m") + 1] for command in commands if "-m" in command]
-    for expected in (
-        "supervisor.supervisord",
-        "billing",
-        "gateway.ext_authz",
-        "patient.worker",
-        "analytics.consumer",
-    ):
+    for expected in ("supervisor.supervisord", "billing", "gateway.ext_authz"):
         assert modules.count(expected) == 1, (expected, modules)
-    # Each web service: its gunicorn master and the workers it forked.
+    # Each web service: its gunicorn master, the workers it forked and its
+    # background loops (the outbox relay; the consumer; the consumer and the collector).
     workers = int(system.env.get("WEB_CONCURRENCY", "2"))
-    for web_service in ("patient", "auth", "analytics"):
-        assert modules.count(web_service) == 1 + workers, (web_service, modules)
+    for web_service, loops in (("patient", 1), ("auth", 0), ("analytics", 1), ("audit", 2)):
+        assert modules.count(web_service) == 1 + workers + loops, (web_service, modules)
     # SIGTERM to the launcher alone (not its process group): it must stop the rest itself.
     system.process.send_signal(signal.SIGTERM)
     assert system.process.wait(60) == 0

@@ -32,7 +32,9 @@ from tests.support import fresh_database, postgres_admin_url, wait_for
 
 pytestmark = pytest.mark.e2e
 
-COPIES = {"patient": 2, "patient-worker": 2, "analytics-consumer": 2, "billing": 2}
+# Each copy of patient and analytics brings its own loop (its relay, its consumer).
+COPIES = {"patient": 2, "analytics": 2, "billing": 2}
+LOOPS = ("patient-worker", "analytics-consumer")
 PATIENTS = 500  # each created; 300 of them updated, 200 deleted: 1000 writes
 KILL_AFTER = 400  # writes done when one copy of each part is killed
 WRITERS = 8
@@ -101,13 +103,15 @@ class Writer:
             self.done += 1
 
 
-def assigned_partitions(system, part):
-    """The partitions the part's consumer was last assigned ([] after a revoke), from its log."""
+def assigned_partitions(system, part, consumer):
+    """The partitions the consumer in the part's log was last assigned ([] after a revoke)."""
     partitions = []
     for line in system.log_lines(part):
         try:
             entry = json.loads(line.split("| ", 1)[1])
         except (IndexError, ValueError):
+            continue
+        if entry.get("service") != consumer:
             continue
         if entry.get("message") == "partitions assigned":
             partitions = entry["partitions"]
@@ -118,14 +122,19 @@ def assigned_partitions(system, part):
 
 def groups_split_the_partitions(system):
     """Both copies of each consumer hold partitions, none the same."""
-    for part in ("analytics-consumer", "billing"):
-        first, second = assigned_partitions(system, part), assigned_partitions(system, f"{part}-2")
+    for part, consumer in (("analytics", "analytics-consumer"), ("billing", "billing")):
+        first = assigned_partitions(system, part, consumer)
+        second = assigned_partitions(system, f"{part}-2", consumer)
         if not first or not second or set(first) & set(second):
             return False
     return True
 
 
 def part_pid(system, name):
+    """The pid of a part, or of a loop (`analytics-consumer-2`) its service forked."""
+    loop, _, copy = name.rpartition("-") if name[-1].isdigit() else (name, "", "1")
+    if loop in LOOPS:
+        return system.loop_pid(loop, int(copy))
     return int(supervisorctl(system, "pid", name).strip())
 
 
@@ -141,7 +150,7 @@ def relay_holder_pid(database):
 
 def kill_one_copy_of_each(system, database):
     """SIGKILLs the copy of patient whose relay publishes (its API and its
-    worker), one analytics consumer and one billing; returns the parts killed."""
+    relay), one analytics consumer and one billing; returns the parts killed."""
     holder = wait_for(lambda: relay_holder_pid(database), timeout=10, message="a relay holding the lease")
     copy = next(name for name in ("patient-worker", "patient-worker-2") if part_pid(system, name) == holder)
     patient = "patient" if copy == "patient-worker" else "patient-2"
@@ -182,22 +191,32 @@ def event_ids_on_topic(bootstrap):
 
 def test_copies_get_their_own_names_ports_and_status_files(tmp_path):
     ports = {"BILLING_PORT": 9001, "BILLING_METRICS_PORT": 9101, "BROKER_PORT": 9092, "GATEWAY_PORT": 4004}
-    copies = {"billing": [{"BILLING_PORT": 19001, "BILLING_METRICS_PORT": 19101}], "patient-worker": [{}]}
+    copies = {
+        "billing": [{"BILLING_PORT": 19001, "BILLING_METRICS_PORT": 19101}],
+        "patient": [{"PATIENT_PORT": 14000, "PATIENT_WORKER_METRICS_PORT": 19103}],
+    }
     parts = {part.name: part for part in build_parts(ports, tmp_path / "envoy.yaml", tmp_path, copies)}
-    assert parts["billing"].env == {} and parts["patient-worker"].env == {}
+    assert parts["billing"].env == {} and parts["patient"].env == {}
     assert parts["billing-2"].env == {
         "BILLING_PORT": "19001",
         "BILLING_METRICS_PORT": "19101",
         "PMS_COPY": "2",
     }
-    assert parts["patient-worker-2"].env == {"PMS_COPY": "2"}
-    assert "analytics-consumer-2" not in parts
+    assert parts["patient-2"].env == {
+        "PATIENT_PORT": "14000",
+        "PATIENT_WORKER_METRICS_PORT": "19103",
+        "PMS_COPY": "2",
+    }
+    # The copy's relay runs in that copy's process tree, not under supervisord.
+    assert parts["patient-worker-2"].runs_in == "patient-2" and parts["patient-worker"].runs_in == "patient"
+    assert "analytics-2" not in parts and "analytics-consumer-2" not in parts
     # The copy's status file is the one its process writes (PMS_COPY=2).
     StatusFile(status_path(tmp_path, "patient-worker", 2)).report("outbox relay", "waits for the broker")
     assert parts["patient-worker-2"].problem() == "waits for the broker"
     assert parts["patient-worker"].problem() == "has not reported yet"
-    conf = supervisord_conf(tmp_path, [parts["billing-2"]])
+    conf = supervisord_conf(tmp_path, list(parts.values()))
     assert 'environment=BILLING_PORT="19001",BILLING_METRICS_PORT="19101",PMS_COPY="2"' in conf
+    assert "[program:patient-2]" in conf and "[program:patient-worker" not in conf
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,122 @@
+"""A web service's background loops beside its workers (BACKGROUND_LOOPS=beside,
+pms_common.serve): forked by its gunicorn master, started again when one
+dies, stopped with it; and a start-up migration run in a child, so that
+alembic never enters the master its workers and loops share."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from pms_common.child import ChildFailed, run_in_child
+from pms_common.serve import FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, Background, LoopProcess
+from pms_common.status import read_status, status_path
+from pms_common.worker import DATABASE, PeerUnavailable
+from tests.support import free_port, wait_for
+from tests.test_web_start import REPO, WebPart
+
+
+def test_a_loop_that_dies_young_waits_longer_each_time_and_one_that_lived_starts_at_once():
+    background = Background("analytics-consumer", "analytics.consumer:work")
+    loop = LoopProcess(background, background.load())
+    pauses = []
+    now = 100.0
+    for _ in range(6):
+        loop.started_at, loop.pid = now, 1
+        loop.ended(now + 1.0)  # a second after its start
+        pauses.append(loop.next_start_at - (now + 1.0))
+        now = loop.next_start_at
+    assert pauses == [FIRST_DELAY_SECONDS * 2**n for n in range(4)] + [MAX_DELAY_SECONDS] * 2
+    assert loop.pid == 0
+    loop.started_at = now
+    loop.ended(now + 60.0)
+    assert loop.next_start_at == now + 60.0 and loop.delay == FIRST_DELAY_SECONDS
+
+
+def consumer_pid(tmp_path):
+    try:
+        return read_status(status_path(tmp_path, "analytics-consumer"))["pid"]
+    except (OSError, ValueError):
+        return None
+
+
+def test_the_master_forks_its_loop_starts_it_again_when_killed_and_stops_it(tmp_path):
+    # No broker answers: the consumer runs and says it waits for one.
+    part = WebPart(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'analytics.db'}",
+        BACKGROUND_LOOPS="beside",
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        ANALYTICS_CONSUMER_METRICS_PORT=str(free_port()),
+    )
+    try:
+        first = wait_for(lambda: consumer_pid(tmp_path), timeout=60, message="the consumer's status")
+        master = psutil.Process(part.process.pid)
+        assert first in [child.pid for child in master.children()]
+        os.kill(first, signal.SIGKILL)
+
+        def again():
+            pid = consumer_pid(tmp_path)
+            return pid if pid not in (None, first) else None
+
+        second = wait_for(again, timeout=30, message="the consumer forked again")
+        assert second in [child.pid for child in master.children()]
+        died = part.said("background loop died; restarting")
+        assert [(line["part"], line["exit_status"]) for line in died] == [("analytics-consumer", "SIGKILL")]
+        assert part.stop() == 0
+        assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
+    finally:
+        part.stop()
+
+
+MIGRATE_IN_A_CHILD = """
+import sys
+from threading import Event
+from analytics import MIGRATIONS_DIR, create_app
+from analytics.config import Config
+from pms_common.serve import migrate_when_database_answers
+app = create_app(Config(DATABASE_URL=sys.argv[1], DATA_DIR=sys.argv[2]))
+assert migrate_when_database_answers(app, MIGRATIONS_DIR, None, Event())
+print("alembic" in sys.modules, "mako" in sys.modules)
+"""
+
+
+def test_a_start_up_migration_runs_in_a_child_and_alembic_stays_out_of_the_server(tmp_path):
+    database = tmp_path / "analytics.db"
+    result = subprocess.run(
+        [sys.executable, "-c", MIGRATE_IN_A_CHILD, f"sqlite:///{database}", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["False", "False"]
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"alembic_version_analytics", "analytics_summary"} <= tables
+
+
+def test_work_in_a_child_that_finds_its_database_away_is_a_peer_to_wait_for():
+    def connect():
+        engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere")
+        with engine.connect():
+            pass
+
+    with pytest.raises(PeerUnavailable) as away:
+        run_in_child(connect)
+    assert away.value.peer == DATABASE and "OperationalError" in str(away.value)
+
+
+def test_work_in_a_child_that_fails_otherwise_is_an_error_naming_it():
+    def fail():
+        raise ValueError("no such revision")
+
+    with pytest.raises(ChildFailed, match="no such revision"):
+        run_in_child(fail)
+    run_in_child(lambda: None)  # and success returns
