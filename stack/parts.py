@@ -36,6 +36,11 @@ BIN = Path(sys.executable).parent
 # reads it when imported, so it is set in each part's environment: here for
 # `make run`, and by the Dockerfile's ENV for containers (a test keeps them equal).
 GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
+# One gunicorn worker (of WEB_THREADS threads) per web service under `make
+# run`, unless WEB_CONCURRENCY says otherwise: on one small machine a second
+# process per service costs memory and CPU (bench/README.md, "One gunicorn
+# worker per web part"); containers keep the services' own default.
+WEB_CONCURRENCY = "1"
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=1.0))
 # The order of a clean stop: intake first (the gateway, then the parts only
 # it calls), then the services whose loops move events (after the drain,

@@ -16,6 +16,7 @@ services' process trees (stack.parts): supervisord runs the service, and the
 service's master restarts a loop that dies.
 """
 
+import http.client
 import json
 import os
 import shlex
@@ -31,8 +32,6 @@ import time
 # Only our own supervisord, on a private socket.
 import xmlrpc.client  # nosec B411
 from collections import deque
-
-from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from gateway.render import render
 from pms_common.config import (
@@ -56,6 +55,7 @@ from .parts import (
     GRPC_EXPERIMENTS,
     INTAKE_STOP,
     ROOT,
+    WEB_CONCURRENCY,
     build_parts,
 )
 from .tether import PIDS_FOLDER, SUPERVISORD, leftovers, record, stop_leftovers
@@ -78,6 +78,9 @@ STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher asks each part whether i
 WATCH_INTERVAL_SECONDS = 0.5
 TAIL_INTERVAL_SECONDS = 0.25  # how often it looks for new log lines
 LAUNCHER = "make-run"  # this process's record in the run folder, beside its parts'
+# supervisord's fault codes (supervisor.xmlrpc.Faults) the launcher expects.
+NOT_RUNNING, ALREADY_STARTED = 70, 60
+RPC_TIMEOUT_SECONDS = 30.0
 
 
 def show(line):
@@ -152,6 +155,33 @@ stdout_logfile_maxbytes=20MB
 stdout_logfile_backups=1
 """)
     return "\n".join(sections)
+
+
+class UnixSocketConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        # supervisord answers at once (no call waits for a part); a hung one is an error.
+        super().__init__(LOOPBACK, timeout=RPC_TIMEOUT_SECONDS)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.path))
+
+
+class UnixSocketTransport(xmlrpc.client.Transport):
+    """XML-RPC over supervisord's Unix socket, with the standard library:
+    supervisor's own client module brings most of supervisor with it (MiBs
+    the launcher would hold for as long as it runs)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def make_connection(self, host):
+        if not self._connection or self._connection[0] != host:
+            self._connection = host, UnixSocketConnection(self.path)
+        return self._connection[1]
 
 
 class LogTail(threading.Thread):
@@ -280,12 +310,13 @@ class Stack:
         env.setdefault("KAFKA_BOOTSTRAP_SERVERS", f"{LOOPBACK}:{self.ports['BROKER_PORT']}")
         env.setdefault("PMS_ENV", self.config.ENV)
         env.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+        env.setdefault("WEB_CONCURRENCY", WEB_CONCURRENCY)
         # Each service forks its own loops: one process tree per service (stack.parts).
         env["BACKGROUND_LOOPS"] = BACKGROUND_BESIDE
         return env
 
     def rpc(self):
-        transport = SupervisorTransport(None, None, f"unix://{self.run_dir}/supervisor.sock")
+        transport = UnixSocketTransport(self.run_dir / "supervisor.sock")
         return xmlrpc.client.ServerProxy(f"http://{LOOPBACK}", transport=transport)
 
     def start(self, conf):
@@ -411,7 +442,7 @@ class Stack:
                 self.rpc().supervisor.stopProcess(name, False)  # no process to signal: it only stops waiting
             self.rpc().supervisor.startProcess(name, False)
         except xmlrpc.client.Fault as fault:  # it moved on meanwhile
-            if fault.faultCode not in (Faults.NOT_RUNNING, Faults.ALREADY_STARTED):
+            if fault.faultCode not in (NOT_RUNNING, ALREADY_STARTED):
                 raise
 
     def report_problems(self, infos):
@@ -465,7 +496,7 @@ class Stack:
             try:
                 rpc.supervisor.stopProcess(name, False)
             except xmlrpc.client.Fault as fault:
-                if fault.faultCode != Faults.NOT_RUNNING:
+                if fault.faultCode != NOT_RUNNING:
                     raise
         deadline = time.monotonic() + STOP_WAIT_SECONDS + 5
         while time.monotonic() < deadline:

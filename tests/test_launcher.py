@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 from confluent_kafka import Consumer, Producer
+from supervisor.xmlrpc import Faults
 
 from pms_common.kafka import consumer_config, ensure_topics
 from pms_common.status import StatusFile
@@ -233,3 +234,23 @@ def test_the_drain_waits_for_an_empty_outbox_and_every_reader(broker, tmp_path):
 
     threading.Thread(target=consume, args=(broker.bootstrap, "late", unread)).start()
     assert drain(relay_status, True, broker.bootstrap, [Reader("late", "patient")], since, seconds=30) is None
+
+
+def test_the_launcher_reads_supervisords_fault_codes_as_supervisor_defines_them():
+    assert (run.NOT_RUNNING, run.ALREADY_STARTED) == (Faults.NOT_RUNNING, Faults.ALREADY_STARTED)
+
+
+def test_the_launcher_holds_no_supervisor_module_while_it_runs():
+    # Its XML-RPC client is the standard library's over the Unix socket.
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, stack.run; print(sorted(m for m in sys.modules if 'supervisor' in m))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert imported.stdout.strip() == "[]"

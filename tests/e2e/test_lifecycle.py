@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from stack.harness import RunningSystem
-from stack.parts import ROOT
+from stack.parts import ROOT, WEB_CONCURRENCY
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,7 @@ def test_sigterm_stops_every_part(tmp_path):
         assert modules.count(expected) == 1, (expected, modules)
     # Each web service: its gunicorn master, the workers it forked and its
     # background loops (the outbox relay; the consumer; the consumer and the collector).
-    workers = int(system.env.get("WEB_CONCURRENCY", "2"))
+    workers = int(system.env.get("WEB_CONCURRENCY", WEB_CONCURRENCY))
     for web_service, loops in (("patient", 1), ("auth", 0), ("analytics", 1), ("audit", 2)):
         assert modules.count(web_service) == 1 + workers + loops, (web_service, modules)
     # SIGTERM to the launcher alone (not its process group): it must stop the rest itself.

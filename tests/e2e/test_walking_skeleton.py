@@ -6,7 +6,7 @@ import psutil
 import pytest
 import requests
 
-from stack.parts import GRPC_EXPERIMENTS
+from stack.parts import GRPC_EXPERIMENTS, WEB_CONCURRENCY
 from tests.e2e.conftest import supervisorctl
 from tests.support import wait_for
 
@@ -127,7 +127,7 @@ def test_every_python_process_freezes_its_start_up_objects(system):
     # GIL held (pms_common/freeze.py). gunicorn parts: in the master before it
     # forks (so the workers' collections leave the pages they share alone), and
     # once per worker.
-    workers = int(system.env.get("WEB_CONCURRENCY", "2"))
+    workers = int(system.env.get("WEB_CONCURRENCY", WEB_CONCURRENCY))
     expected = {
         "patient": 1 + workers,
         "auth": 1 + workers,
