@@ -5,13 +5,12 @@ migrate`: migrate only."""
 from functools import partial
 
 from pms_common.entry import Migrate, run_command
-from pms_common.serve import Background, run_web_service
+from pms_common.serve import run_web_service
 from pms_common.web_app import migrate_web_app
 
-from . import CONSUMER_PART, MIGRATIONS_DIR, create_app
+from . import MIGRATIONS_DIR, create_app
 from .config import Config
-
-CONSUMER = Background(CONSUMER_PART, "analytics.consumer:work", metrics_port_setting="CONSUMER_METRICS_PORT")
+from .loops import CONSUMER
 
 
 def main(argv=None) -> None:

@@ -15,23 +15,20 @@ committed offsets, to the others, which skip the ids it had already counted.
 import logging
 import os
 import socket
-import threading
 import time
 from datetime import timedelta
+from functools import partial
 
 from pms_common.consumer import ConsumerSettings, EventConsumer
 from pms_common.entry import run_main
-from pms_common.freeze import freeze_start_up_objects
-from pms_common.metrics import start_part_metrics
 from pms_common.models import utcnow
-from pms_common.serve import migrate_and_seed
+from pms_common.serve import run_loop_apart
 from pms_common.status import StatusFile, status_path, waiting_for
-from pms_common.telemetry import start_tracing, stop_tracing
-from pms_common.worker import retry_until_done, stop_on_signals
 
 from . import CONSUMER_PART, MIGRATIONS_DIR, create_app, store
 from .config import Config
 from .extensions import db
+from .loops import CONSUMER
 
 log = logging.getLogger(__name__)
 FORGET_INTERVAL_SECONDS = 600.0  # between sweeps of event ids older than DEDUP_HOURS
@@ -76,33 +73,25 @@ class AnalyticsEventConsumer(EventConsumer):
 
 def work(config, app, stop):
     """Counts events on the built app (its database migrated) until `stop` is
-    set: in its own process (run) or forked beside analytics' web workers."""
+    set: in a process of its own or forked beside analytics' web workers."""
     with app.app_context():
         consumer = AnalyticsEventConsumer(config, db.engine, stop)
         consumer.status_file = StatusFile(status_path(config.DATA_DIR, CONSUMER_PART, config.COPY))
         consumer.run()
 
 
-def run(config):
-    config.ensure_data_dir()
-    start_part_metrics(
-        config.DATA_DIR, CONSUMER_PART, config.BIND_HOST, config.CONSUMER_METRICS_PORT, config.COPY
-    )
-    start_tracing(CONSUMER_PART)
-    app = create_app(config)
-    stop = stop_on_signals(threading.Event())
-    try:
-        # A database that is away at start is waited for, like one lost later.
-        if not retry_until_done("analytics migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
-            return
-        freeze_start_up_objects()
-        work(config, app, stop)
-    finally:
-        stop_tracing()
-
-
 def main():
-    run_main(CONSUMER_PART, Config, run)
+    run_main(
+        CONSUMER.part,
+        Config,
+        partial(
+            run_loop_apart,
+            background=CONSUMER,
+            work=work,
+            create_app=create_app,
+            migrations_dir=MIGRATIONS_DIR,
+        ),
+    )
 
 
 if __name__ == "__main__":

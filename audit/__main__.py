@@ -6,18 +6,14 @@ TIME --out FILE`: export and remove entries past their retention."""
 from functools import partial
 
 from pms_common.entry import Migrate, run_command
-from pms_common.serve import Background, run_web_service
+from pms_common.serve import run_web_service
 from pms_common.web_app import migrate_web_app
 
 from . import MIGRATIONS_DIR, create_app
 from .archive import Archive
 from .config import Config
 from .extensions import db
-
-LOOPS = [
-    Background("audit-consumer", "audit.consumer:work"),
-    Background("audit-collector", "audit.collector:work"),
-]
+from .loops import COLLECTOR, CONSUMER
 
 
 def archive_engine(config):
@@ -30,7 +26,12 @@ def main(argv=None) -> None:
     run_command(
         "audit",
         Config,
-        partial(run_web_service, create_app=create_app, migrations_dir=MIGRATIONS_DIR, background=LOOPS),
+        partial(
+            run_web_service,
+            create_app=create_app,
+            migrations_dir=MIGRATIONS_DIR,
+            background=[CONSUMER, COLLECTOR],
+        ),
         {"migrate": Migrate(migrate_web_app(create_app, MIGRATIONS_DIR)), "archive": Archive(archive_engine)},
         argv,
     )

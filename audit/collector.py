@@ -24,28 +24,27 @@ import json
 import logging
 import os
 import re
-import threading
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pms_common.entry import run_main
-from pms_common.freeze import freeze_start_up_objects
 from pms_common.models import utcnow
-from pms_common.serve import migrate_and_seed
+from pms_common.serve import run_loop_apart
 from pms_common.status import StatusFile, status_path
-from pms_common.worker import retry_until_done, run_until_stopped, stop_on_signals
+from pms_common.worker import run_until_stopped
 
 from . import MIGRATIONS_DIR, create_app
 from .config import DEFAULT_LOG_NAME, Config
 from .extensions import db
+from .loops import COLLECTOR
 from .models import LogPosition
 from .store import NewEntry, append_entries
 
 log = logging.getLogger(__name__)
-COLLECTOR_PART = "audit-collector"
 ROTATED_SUFFIX = ".1"  # what a rotation renames the log to (audit/README.md)
 CHUNK_BYTES = 1 << 20  # the most one round reads (and one transaction appends)
 MAX_TEXT = 320  # longest actor or address kept; longer is cut
@@ -309,9 +308,9 @@ class GatewayLogCollector:
 
 def work(config, app, stop):
     """Collects the gateway's audit log on the built app (its database
-    migrated) until `stop` is set: in its own process (run) or forked beside
+    migrated) until `stop` is set: in a process of its own or forked beside
     audit's web workers."""
-    status = StatusFile(status_path(config.DATA_DIR, COLLECTOR_PART))
+    status = StatusFile(status_path(config.DATA_DIR, COLLECTOR.part))
     outage = status.outage("collecting the gateway's audit log")
     with app.app_context():
         collector = GatewayLogCollector(
@@ -328,18 +327,18 @@ def work(config, app, stop):
         run_until_stopped(outage.activity, step, stop, outage)
 
 
-def run(config):
-    config.ensure_data_dir()
-    app = create_app(config)
-    stop = stop_on_signals(threading.Event())
-    if not retry_until_done("audit migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
-        return
-    freeze_start_up_objects()
-    work(config, app, stop)
-
-
 def main():
-    run_main(COLLECTOR_PART, Config, run)
+    run_main(
+        COLLECTOR.part,
+        Config,
+        partial(
+            run_loop_apart,
+            background=COLLECTOR,
+            work=work,
+            create_app=create_app,
+            migrations_dir=MIGRATIONS_DIR,
+        ),
+    )
 
 
 if __name__ == "__main__":

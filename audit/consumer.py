@@ -9,23 +9,21 @@ out, so an audit store that is down delays entries and loses none."""
 import logging
 import os
 import socket
-import threading
+from functools import partial
 
 from pms_common.consumer import ConsumerSettings, EventConsumer
 from pms_common.entry import run_main
 from pms_common.events import CREATED, DELETED, UPDATED
-from pms_common.freeze import freeze_start_up_objects
-from pms_common.serve import migrate_and_seed
+from pms_common.serve import run_loop_apart
 from pms_common.status import StatusFile, status_path, waiting_for
-from pms_common.worker import retry_until_done, stop_on_signals
 
 from . import MIGRATIONS_DIR, create_app
 from .config import Config
 from .extensions import db
+from .loops import CONSUMER
 from .store import NewEntry, append_entries
 
 log = logging.getLogger(__name__)
-CONSUMER_PART = "audit-consumer"
 # Event type -> the action, and the status the client got for that change.
 ACTION_OF_EVENT = {CREATED: ("CREATE", 201), UPDATED: ("UPDATE", 200), DELETED: ("DELETE", 204)}
 
@@ -70,25 +68,25 @@ class AuditEventConsumer(EventConsumer):
 
 def work(config, app, stop):
     """Audits events on the built app (its database migrated) until `stop` is
-    set: in its own process (run) or forked beside audit's web workers."""
+    set: in a process of its own or forked beside audit's web workers."""
     with app.app_context():
         consumer = AuditEventConsumer(config, db.engine, stop)
-        consumer.status_file = StatusFile(status_path(config.DATA_DIR, CONSUMER_PART))
+        consumer.status_file = StatusFile(status_path(config.DATA_DIR, CONSUMER.part))
         consumer.run()
 
 
-def run(config):
-    config.ensure_data_dir()
-    app = create_app(config)
-    stop = stop_on_signals(threading.Event())
-    if not retry_until_done("audit migrations", lambda: migrate_and_seed(app, MIGRATIONS_DIR), stop):
-        return
-    freeze_start_up_objects()
-    work(config, app, stop)
-
-
 def main():
-    run_main(CONSUMER_PART, Config, run)
+    run_main(
+        CONSUMER.part,
+        Config,
+        partial(
+            run_loop_apart,
+            background=CONSUMER,
+            work=work,
+            create_app=create_app,
+            migrations_dir=MIGRATIONS_DIR,
+        ),
+    )
 
 
 if __name__ == "__main__":

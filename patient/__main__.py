@@ -5,14 +5,13 @@ migrate only."""
 from functools import partial
 
 from pms_common.entry import Migrate, run_command
-from pms_common.serve import Background, run_web_service
+from pms_common.serve import run_web_service
 from pms_common.web_app import migrate_web_app
 
 from . import MIGRATIONS_DIR, create_app
 from .config import Config
+from .loops import WORKER
 from .seed import seed_patients
-
-WORKER = Background("patient-worker", "patient.worker:work", metrics_port_setting="WORKER_METRICS_PORT")
 
 
 def main(argv=None) -> None:

@@ -7,23 +7,22 @@ database, the broker or billing is away each waits with capped backoff
 import logging
 import threading
 import time
+from functools import partial
 
 from pms_common.entry import run_main
-from pms_common.freeze import freeze_start_up_objects
-from pms_common.metrics import start_part_metrics
+from pms_common.serve import run_loop_apart
 from pms_common.status import StatusFile, status_path
-from pms_common.telemetry import start_tracing, stop_tracing
-from pms_common.worker import run_until_stopped, stop_on_signals
+from pms_common.worker import run_until_stopped
 
 from . import create_app
 from .account_closures import AccountReconciler, close_recorded_accounts
 from .billing_client import retry_pending_accounts
 from .config import Config
 from .extensions import db
+from .loops import WORKER
 from .outbox import STANDBY_RETRY_SECONDS, OutboxRelay
 
 log = logging.getLogger(__name__)
-WORKER_PART = "patient-worker"
 BILLING_SWEEP_SECONDS = 1.0
 # While there is nothing to publish the relay's pause doubles up to this, so an
 # idle system does not query its outbox every few ms (bench/README.md); the
@@ -57,7 +56,7 @@ def in_clean_session(step):
 
 
 def status_file(app):
-    """Where the loops say whether they work (pms_common.status); serve() sets it."""
+    """Where the loops say whether they work (pms_common.status); work() sets it."""
     return app.extensions.get("status_file") or StatusFile(None)
 
 
@@ -150,28 +149,16 @@ def run(app, stop: threading.Event):
 
 
 def work(config, app, stop: threading.Event):
-    """The worker's loops on the built app until `stop` is set: in its own
-    process (serve) or forked beside patient's web workers (pms_common.serve)."""
-    app.extensions["status_file"] = StatusFile(status_path(config.DATA_DIR, WORKER_PART, config.COPY))
+    """The worker's loops on the built app until `stop` is set: in a process
+    of its own or forked beside patient's web workers (pms_common.serve)."""
+    app.extensions["status_file"] = StatusFile(status_path(config.DATA_DIR, WORKER.part, config.COPY))
     run(app, stop)
 
 
-def serve(config):
-    stop = stop_on_signals(threading.Event())
-    start_part_metrics(
-        config.DATA_DIR, WORKER_PART, config.BIND_HOST, config.WORKER_METRICS_PORT, config.COPY
-    )
-    start_tracing(WORKER_PART)
-    app = create_app(config)
-    freeze_start_up_objects()
-    try:
-        work(config, app, stop)
-    finally:
-        stop_tracing()
-
-
 def main():
-    run_main(WORKER_PART, Config, serve)
+    run_main(
+        WORKER.part, Config, partial(run_loop_apart, background=WORKER, work=work, create_app=create_app)
+    )
 
 
 if __name__ == "__main__":

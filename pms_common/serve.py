@@ -109,6 +109,9 @@ def gunicorn_settings(config: WebConfig) -> dict[str, Any]:
     }
 
 
+LoopWork = Callable[[Any, Flask, threading.Event], object]
+
+
 @dataclass(frozen=True)
 class Background:
     """A background loop of a service: `work(config, app, stop)` (named as
@@ -124,11 +127,9 @@ class Background:
     work: str
     metrics_port_setting: str | None = None
 
-    def load(self) -> Callable[[Any, Flask, threading.Event], object]:
+    def load(self) -> LoopWork:
         module, _, function = self.work.partition(":")
-        work: Callable[[Any, Flask, threading.Event], object] = getattr(
-            importlib.import_module(module), function
-        )
+        work: LoopWork = getattr(importlib.import_module(module), function)
         return work
 
 
@@ -143,7 +144,7 @@ class LoopProcess:
 
     background: Background
     # Its work, imported by the master before it forks: each fork shares it.
-    work: Callable[[Any, Flask, threading.Event], object]
+    work: LoopWork
     pid: int = 0
     started_at: float = 0.0
     next_start_at: float = 0.0
@@ -265,7 +266,7 @@ def exit_status(status: int | None) -> int | str | None:
 
 def run_loop(
     background: Background,
-    work: Callable[[Any, Flask, threading.Event], object],
+    work: LoopWork,
     config: WebConfig,
     app: Flask,
 ) -> int:
@@ -287,6 +288,35 @@ def run_loop(
     finally:
         stop_tracing()
     return 0
+
+
+def run_loop_apart(
+    config: WebConfig,
+    background: Background,
+    work: LoopWork,
+    create_app: Callable[[WebConfig], Flask],
+    migrations_dir: str | Path | None = None,
+) -> None:
+    """A background loop in a process of its own (`python -m <loop>`, a
+    container of its own with BACKGROUND_LOOPS=apart): its metrics and traces
+    as its part, the service's app built (its migrations applied first when
+    `migrations_dir` is given, waiting for the database), then
+    work(config, app, stop) until SIGTERM. The loop module's own `work` is
+    passed in: run as `__main__`, its module is not imported a second time."""
+    config.ensure_data_dir()
+    stop = stop_on_signals(threading.Event())
+    if background.metrics_port_setting is not None:
+        port = getattr(config, background.metrics_port_setting)
+        start_part_metrics(config.DATA_DIR, background.part, config.BIND_HOST, port, config.COPY)
+    start_tracing(background.part)
+    app = create_app(config)
+    try:
+        if migrations_dir is not None and not migrate_when_database_answers(app, migrations_dir, None, stop):
+            return
+        freeze_start_up_objects()
+        work(config, app, stop)
+    finally:
+        stop_tracing()
 
 
 class BuiltApp(Application):

@@ -120,3 +120,43 @@ def test_work_in_a_child_that_fails_otherwise_is_an_error_naming_it():
     with pytest.raises(ChildFailed, match="no such revision"):
         run_in_child(fail)
     run_in_child(lambda: None)  # and success returns
+
+
+@pytest.mark.parametrize(
+    ("module", "part"),
+    [
+        ("patient.worker", "patient-worker"),
+        ("analytics.consumer", "analytics-consumer"),
+        ("audit.consumer", "audit-consumer"),
+        ("audit.collector", "audit-collector"),
+    ],
+)
+def test_each_loop_runs_apart_by_its_own_command_and_stops_on_sigterm(tmp_path, own_broker, module, part):
+    # BACKGROUND_LOOPS=apart, as compose and ECS run them: one process each.
+    env = {
+        **os.environ,
+        "PMS_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'loop.db'}",
+        "KAFKA_BOOTSTRAP_SERVERS": own_broker.bootstrap,
+        "BILLING_PORT": str(free_port()),
+        "PATIENT_WORKER_METRICS_PORT": str(free_port()),
+        "ANALYTICS_CONSUMER_METRICS_PORT": str(free_port()),
+        "AUDIT_LOG_PATH": str(tmp_path / "gateway-audit.jsonl"),
+    }
+    loop = subprocess.Popen(
+        [sys.executable, "-m", module], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+
+        def reported():
+            try:
+                return read_status(status_path(tmp_path, part))["pid"] == loop.pid
+            except (OSError, ValueError):
+                return False
+
+        wait_for(reported, timeout=60, message=f"{part} to report")
+        loop.send_signal(signal.SIGTERM)
+        assert loop.wait(30) == 0
+    finally:
+        if loop.poll() is None:
+            loop.kill()
