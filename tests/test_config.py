@@ -65,6 +65,7 @@ def clean_environment(monkeypatch, tmp_path):
         "LOG_LEVEL",
         "WEB_CONCURRENCY",
         "WEB_THREADS",
+        "BACKGROUND_LOOPS",
         "DATABASE_URL",
         "DB_HOST",
     ]:
@@ -151,6 +152,10 @@ def test_the_app_factory_checks_the_config(clean_environment, tmp_path):
         create_patient_app(PatientConfig(DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", OUTBOX_BATCH_SIZE=0))
     with pytest.raises(ConfigError, match="WEB_THREADS"):
         create_analytics_app(AnalyticsConfig(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", WEB_THREADS=0))
+    with pytest.raises(ConfigError, match="BACKGROUND_LOOPS must be 'apart' or 'beside', got 'inside'"):
+        create_analytics_app(
+            AnalyticsConfig(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", BACKGROUND_LOOPS="inside")
+        )
 
 
 def test_gunicorn_takes_pool_bind_and_logging_from_the_config(clean_environment, monkeypatch, tmp_path):
