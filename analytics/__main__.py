@@ -10,14 +10,18 @@ from pms_common.web_app import migrate_web_app
 
 from . import MIGRATIONS_DIR, create_app
 from .config import Config
-from .loops import CONSUMER
 
 
 def main(argv=None) -> None:
     run_command(
         "analytics",
         Config,
-        partial(run_web_service, create_app=create_app, migrations_dir=MIGRATIONS_DIR, background=[CONSUMER]),
+        partial(
+            run_web_service,
+            create_app=create_app,
+            migrations_dir=MIGRATIONS_DIR,
+            background=["analytics.consumer:CONSUMER"],
+        ),
         {"migrate": Migrate(migrate_web_app(create_app, MIGRATIONS_DIR))},
         argv,
     )

@@ -17,18 +17,15 @@ import os
 import socket
 import time
 from datetime import timedelta
-from functools import partial
 
 from pms_common.consumer import ConsumerSettings, EventConsumer
-from pms_common.entry import run_main
 from pms_common.models import utcnow
-from pms_common.serve import run_loop_apart
+from pms_common.serve import Background, loop_main
 from pms_common.status import StatusFile, status_path, waiting_for
 
 from . import CONSUMER_PART, MIGRATIONS_DIR, create_app, store
 from .config import Config
 from .extensions import db
-from .loops import CONSUMER
 
 log = logging.getLogger(__name__)
 FORGET_INTERVAL_SECONDS = 600.0  # between sweeps of event ids older than DEDUP_HOURS
@@ -80,18 +77,11 @@ def work(config, app, stop):
         consumer.run()
 
 
+CONSUMER = Background(CONSUMER_PART, work, metrics_port_setting="CONSUMER_METRICS_PORT")
+
+
 def main():
-    run_main(
-        CONSUMER.part,
-        Config,
-        partial(
-            run_loop_apart,
-            background=CONSUMER,
-            work=work,
-            create_app=create_app,
-            migrations_dir=MIGRATIONS_DIR,
-        ),
-    )
+    loop_main(CONSUMER, Config, create_app, MIGRATIONS_DIR)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from . import MIGRATIONS_DIR, create_app
 from .archive import Archive
 from .config import Config
 from .extensions import db
-from .loops import COLLECTOR, CONSUMER
 
 
 def archive_engine(config):
@@ -30,7 +29,7 @@ def main(argv=None) -> None:
             run_web_service,
             create_app=create_app,
             migrations_dir=MIGRATIONS_DIR,
-            background=[CONSUMER, COLLECTOR],
+            background=["audit.consumer:CONSUMER", "audit.collector:COLLECTOR"],
         ),
         {"migrate": Migrate(migrate_web_app(create_app, MIGRATIONS_DIR)), "archive": Archive(archive_engine)},
         argv,

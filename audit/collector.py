@@ -26,21 +26,18 @@ import os
 import re
 import uuid
 from datetime import UTC, datetime
-from functools import partial
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pms_common.entry import run_main
 from pms_common.models import utcnow
-from pms_common.serve import run_loop_apart
+from pms_common.serve import Background, loop_main
 from pms_common.status import StatusFile, status_path
 from pms_common.worker import run_until_stopped
 
 from . import MIGRATIONS_DIR, create_app
 from .config import DEFAULT_LOG_NAME, Config
 from .extensions import db
-from .loops import COLLECTOR
 from .models import LogPosition
 from .store import NewEntry, append_entries
 
@@ -327,18 +324,11 @@ def work(config, app, stop):
         run_until_stopped(outage.activity, step, stop, outage)
 
 
+COLLECTOR = Background("audit-collector", work)
+
+
 def main():
-    run_main(
-        COLLECTOR.part,
-        Config,
-        partial(
-            run_loop_apart,
-            background=COLLECTOR,
-            work=work,
-            create_app=create_app,
-            migrations_dir=MIGRATIONS_DIR,
-        ),
-    )
+    loop_main(COLLECTOR, Config, create_app, MIGRATIONS_DIR)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,15 @@ out, so an audit store that is down delays entries and loses none."""
 import logging
 import os
 import socket
-from functools import partial
 
 from pms_common.consumer import ConsumerSettings, EventConsumer
-from pms_common.entry import run_main
 from pms_common.events import CREATED, DELETED, UPDATED
-from pms_common.serve import run_loop_apart
+from pms_common.serve import Background, loop_main
 from pms_common.status import StatusFile, status_path, waiting_for
 
 from . import MIGRATIONS_DIR, create_app
 from .config import Config
 from .extensions import db
-from .loops import CONSUMER
 from .store import NewEntry, append_entries
 
 log = logging.getLogger(__name__)
@@ -75,18 +72,11 @@ def work(config, app, stop):
         consumer.run()
 
 
+CONSUMER = Background("audit-consumer", work)
+
+
 def main():
-    run_main(
-        CONSUMER.part,
-        Config,
-        partial(
-            run_loop_apart,
-            background=CONSUMER,
-            work=work,
-            create_app=create_app,
-            migrations_dir=MIGRATIONS_DIR,
-        ),
-    )
+    loop_main(CONSUMER, Config, create_app, MIGRATIONS_DIR)
 
 
 if __name__ == "__main__":

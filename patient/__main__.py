@@ -10,7 +10,6 @@ from pms_common.web_app import migrate_web_app
 
 from . import MIGRATIONS_DIR, create_app
 from .config import Config
-from .loops import WORKER
 from .seed import seed_patients
 
 
@@ -23,7 +22,7 @@ def main(argv=None) -> None:
             create_app=create_app,
             migrations_dir=MIGRATIONS_DIR,
             seed=seed_patients,
-            background=[WORKER],
+            background=["patient.worker:WORKER"],
         ),
         {"migrate": Migrate(migrate_web_app(create_app, MIGRATIONS_DIR))},
         argv,

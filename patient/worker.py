@@ -7,10 +7,8 @@ database, the broker or billing is away each waits with capped backoff
 import logging
 import threading
 import time
-from functools import partial
 
-from pms_common.entry import run_main
-from pms_common.serve import run_loop_apart
+from pms_common.serve import Background, loop_main
 from pms_common.status import StatusFile, status_path
 from pms_common.worker import run_until_stopped
 
@@ -19,7 +17,6 @@ from .account_closures import AccountReconciler, close_recorded_accounts
 from .billing_client import retry_pending_accounts
 from .config import Config
 from .extensions import db
-from .loops import WORKER
 from .outbox import STANDBY_RETRY_SECONDS, OutboxRelay
 
 log = logging.getLogger(__name__)
@@ -155,10 +152,11 @@ def work(config, app, stop: threading.Event):
     run(app, stop)
 
 
+WORKER = Background("patient-worker", work, metrics_port_setting="WORKER_METRICS_PORT")
+
+
 def main():
-    run_main(
-        WORKER.part, Config, partial(run_loop_apart, background=WORKER, work=work, create_app=create_app)
-    )
+    loop_main(WORKER, Config, create_app)
 
 
 if __name__ == "__main__":

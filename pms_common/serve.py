@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from gunicorn.workers.base import Worker
 
 from .child import run_in_child
 from .config import BACKGROUND_BESIDE, WebConfig, prepare_data_dir
+from .entry import run_main
 from .freeze import freeze_start_up_objects
 from .lifeline import die_with_parent
 from .listener import bind_shared, hand_over, keep_sockets
@@ -114,23 +116,25 @@ LoopWork = Callable[[Any, Flask, threading.Event], object]
 
 @dataclass(frozen=True)
 class Background:
-    """A background loop of a service: `work(config, app, stop)` (named as
-    "module:function", imported only where the loop runs, so a web-only
-    process never loads the broker's client) runs it on the service's config
-    and built app until `stop` is set, in a process of its own: its own
-    command's, or one the service's master forks. Forked, it traces as `part`
-    and, when the service's config names its metrics port
-    (`metrics_port_setting`), keeps and serves its metrics apart from the web
-    workers', as its own command does."""
+    """A background loop of a service, declared in its own module:
+    `work(config, app, stop)` runs it on the service's config and built app
+    until `stop` is set, in a process of its own: its own command's
+    (loop_main), or one the service's master forks (run_web_service names it
+    as "module:attribute", imported only then, so a web-only process never
+    loads the broker's client). It traces as `part` and, when the service's
+    config names its metrics port (`metrics_port_setting`), keeps and serves
+    its metrics apart from the web workers'."""
 
     part: str
-    work: str
+    work: LoopWork
     metrics_port_setting: str | None = None
 
-    def load(self) -> LoopWork:
-        module, _, function = self.work.partition(":")
-        work: LoopWork = getattr(importlib.import_module(module), function)
-        return work
+
+def load_background(name: str) -> Background:
+    """The Background a "module:attribute" name points at."""
+    module, _, attribute = name.partition(":")
+    background: Background = getattr(importlib.import_module(module), attribute)
+    return background
 
 
 # A loop that dies sooner than this after its start is started again only
@@ -143,8 +147,6 @@ class LoopProcess:
     """The master's record of one background loop."""
 
     background: Background
-    # Its work, imported by the master before it forks: each fork shares it.
-    work: LoopWork
     pid: int = 0
     started_at: float = 0.0
     next_start_at: float = 0.0
@@ -172,7 +174,7 @@ class ServiceArbiter(Arbiter):
 
     def __init__(self, app: Application, loops: Sequence[Background]) -> None:
         super().__init__(app)
-        self.loops = [LoopProcess(background, background.load()) for background in loops]
+        self.loops = [LoopProcess(background) for background in loops]
         self.stopping_loops = False
 
     def manage_workers(self) -> None:
@@ -229,7 +231,7 @@ class ServiceArbiter(Arbiter):
             listener.close()
         for worker in self.WORKERS.values():
             worker.tmp.close()
-        code = run_loop(loop.background, loop.work, self.app.service_config, self.app.application)
+        code = run_loop(loop.background, self.app.service_config, self.app.application)
         sys.exit(code)
 
     def stop(self, graceful: bool = True) -> None:
@@ -264,24 +266,25 @@ def exit_status(status: int | None) -> int | str | None:
     return os.waitstatus_to_exitcode(status)
 
 
-def run_loop(
-    background: Background,
-    work: LoopWork,
-    config: WebConfig,
-    app: Flask,
-) -> int:
+def start_loop_figures(background: Background, config: WebConfig) -> None:
+    """A loop's metrics (in its own folder, served on its own port, when it
+    has one) and its traces, as its part: forked or apart alike."""
+    if background.metrics_port_setting is not None:
+        port = getattr(config, background.metrics_port_setting)
+        start_part_metrics(config.DATA_DIR, background.part, config.BIND_HOST, port, config.COPY)
+    start_tracing(background.part)
+
+
+def run_loop(background: Background, config: WebConfig, app: Flask) -> int:
     """A forked loop's life: it dies with the master, logs and traces as its
     part, and runs until SIGTERM; its exit code (1 if it failed)."""
     die_with_parent()
     configure_logging(background.part, config.LOG_LEVEL)
     stop = stop_on_signals(threading.Event())
-    if background.metrics_port_setting is not None:
-        port = getattr(config, background.metrics_port_setting)
-        start_part_metrics(config.DATA_DIR, background.part, config.BIND_HOST, port, config.COPY)
-    start_tracing(background.part)
+    start_loop_figures(background, config)
     freeze_start_up_objects()
     try:
-        work(config, app, stop)
+        background.work(config, app, stop)
     except Exception:
         log.exception("background loop failed", extra={"part": background.part})
         return 1
@@ -293,30 +296,45 @@ def run_loop(
 def run_loop_apart(
     config: WebConfig,
     background: Background,
-    work: LoopWork,
     create_app: Callable[[WebConfig], Flask],
     migrations_dir: str | Path | None = None,
 ) -> None:
     """A background loop in a process of its own (`python -m <loop>`, a
     container of its own with BACKGROUND_LOOPS=apart): its metrics and traces
     as its part, the service's app built (its migrations applied first when
-    `migrations_dir` is given, waiting for the database), then
-    work(config, app, stop) until SIGTERM. The loop module's own `work` is
-    passed in: run as `__main__`, its module is not imported a second time."""
+    `migrations_dir` is given, waiting for the database), then its work
+    until SIGTERM."""
     config.ensure_data_dir()
     stop = stop_on_signals(threading.Event())
-    if background.metrics_port_setting is not None:
-        port = getattr(config, background.metrics_port_setting)
-        start_part_metrics(config.DATA_DIR, background.part, config.BIND_HOST, port, config.COPY)
-    start_tracing(background.part)
+    start_loop_figures(background, config)
     app = create_app(config)
     try:
         if migrations_dir is not None and not migrate_when_database_answers(app, migrations_dir, None, stop):
             return
         freeze_start_up_objects()
-        work(config, app, stop)
+        background.work(config, app, stop)
     finally:
         stop_tracing()
+
+
+def loop_main(
+    background: Background,
+    make_config: Callable[[], WebConfig],
+    create_app: Callable[[WebConfig], Flask],
+    migrations_dir: str | Path | None = None,
+) -> None:
+    """The `main()` of a loop's own command (`python -m <loop>`): its settings
+    checked (pms_common.entry), then run_loop_apart."""
+    run_main(
+        background.part,
+        make_config,
+        partial(
+            run_loop_apart,
+            background=background,
+            create_app=create_app,
+            migrations_dir=migrations_dir,
+        ),
+    )
 
 
 class BuiltApp(Application):
@@ -350,11 +368,12 @@ def run_web_service(
     create_app: Callable[[WebConfig], Flask],
     migrations_dir: str | Path,
     seed: Seed | None = None,
-    background: Sequence[Background] = (),
+    background: Sequence[str] = (),
 ) -> None:
     """Builds the app, migrates and seeds its database (waiting for it while
     it is away), and serves it with gunicorn until stopped, with the
-    `background` loops beside it when BACKGROUND_LOOPS=beside. Its workers'
+    `background` loops ("module:attribute" of each Background, imported here
+    before the fork) beside it when BACKGROUND_LOOPS=beside. Its workers'
     metrics go to the service's folder, emptied first (pms_common.metrics)."""
     use_multiprocess(metrics_dir(config.DATA_DIR, config.SERVICE, config.COPY))
     app = create_app(config)
@@ -365,7 +384,8 @@ def run_web_service(
     with app.app_context():
         for engine in app.extensions["sqlalchemy"].engines.values():
             engine.dispose()
-    loops = background if config.BACKGROUND_LOOPS == BACKGROUND_BESIDE else ()
+    beside = config.BACKGROUND_LOOPS == BACKGROUND_BESIDE
+    loops = [load_background(name) for name in background] if beside else []
     server = BuiltApp(app, config, gunicorn_settings(config), loops)
     listener = bind_shared(config.BIND_HOST, config.PORT, server.cfg.backlog)
     # Served from the socket bound here; gunicorn owns its descriptor from now on.

@@ -13,8 +13,9 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from analytics.consumer import CONSUMER
 from pms_common.child import ChildFailed, run_in_child
-from pms_common.serve import FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, Background, LoopProcess
+from pms_common.serve import FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, LoopProcess
 from pms_common.status import read_status, status_path
 from pms_common.worker import DATABASE, PeerUnavailable
 from tests.support import free_port, wait_for
@@ -22,8 +23,7 @@ from tests.test_web_start import REPO, WebPart
 
 
 def test_a_loop_that_dies_young_waits_longer_each_time_and_one_that_lived_starts_at_once():
-    background = Background("analytics-consumer", "analytics.consumer:work")
-    loop = LoopProcess(background, background.load())
+    loop = LoopProcess(CONSUMER)
     pauses = []
     now = 100.0
     for _ in range(6):
