@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from .logs import configure_logging, gunicorn_logconfig
 from .metrics import metrics_dir, start_part_metrics, use_multiprocess
 from .telemetry import start_tracing, stop_tracing
 from .web_app import Migrations
-from .worker import FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, Outage, PeerUnavailable, stop_on_signals
+from .worker import Backoff, Outage, PeerUnavailable, stop_on_signals
 
 log = logging.getLogger(__name__)
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
@@ -150,19 +150,19 @@ class LoopProcess:
     pid: int = 0
     started_at: float = 0.0
     next_start_at: float = 0.0
-    delay: float = FIRST_DELAY_SECONDS
+    # The pauses after young deaths: FIRST_DELAY_SECONDS, doubled up to MAX_DELAY_SECONDS.
+    backoff: Backoff = field(default_factory=Backoff)
 
     def ended(self, now: float) -> float:
         """Records the loop's end; how long it lived. One that lived long is
-        started again at once; one that died young after a pause that doubles
-        with each young death (FIRST_DELAY_SECONDS up to MAX_DELAY_SECONDS)."""
+        started again at once; one that died young after the next backoff pause."""
         lived = now - self.started_at
         self.pid = 0
         if lived >= SHORT_LIFE_SECONDS:
-            self.delay, self.next_start_at = FIRST_DELAY_SECONDS, now
+            self.backoff.reset()
+            self.next_start_at = now
         else:
-            self.next_start_at = now + self.delay
-            self.delay = min(self.delay * 2, MAX_DELAY_SECONDS)
+            self.next_start_at = now + self.backoff.next_delay()
         return lived
 
 

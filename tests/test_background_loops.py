@@ -15,9 +15,9 @@ import sqlalchemy as sa
 
 from analytics.consumer import CONSUMER
 from pms_common.child import ChildFailed, run_in_child
-from pms_common.serve import FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, LoopProcess
+from pms_common.serve import LoopProcess
 from pms_common.status import read_status, status_path
-from pms_common.worker import DATABASE, PeerUnavailable
+from pms_common.worker import DATABASE, FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, PeerUnavailable
 from tests.support import free_port, wait_for
 from tests.test_web_start import REPO, WebPart
 
@@ -35,7 +35,10 @@ def test_a_loop_that_dies_young_waits_longer_each_time_and_one_that_lived_starts
     assert loop.pid == 0
     loop.started_at = now
     loop.ended(now + 60.0)
-    assert loop.next_start_at == now + 60.0 and loop.delay == FIRST_DELAY_SECONDS
+    assert loop.next_start_at == now + 60.0
+    loop.started_at = now + 60.0
+    loop.ended(now + 61.0)  # young again: the pauses start over
+    assert loop.next_start_at == now + 61.0 + FIRST_DELAY_SECONDS
 
 
 def consumer_pid(tmp_path):
