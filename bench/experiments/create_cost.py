@@ -1,6 +1,6 @@
 """CPU per create, one client at a time: for comparing two versions of the create path.
 
-    .venv/bin/python -m bench.experiments.create_cost [--creates 3000]
+    .venv/bin/python -m bench.experiments.create_cost [--creates 3000] [--traceparent unsampled]
 
 The patient app runs in this process (Flask's test client, no gunicorn, no
 gateway) against a fresh PostgreSQL database, with a real billing server as a
@@ -8,11 +8,18 @@ subprocess on the same database. It prints the CPU per create of this process,
 of billing and of PostgreSQL's processes, and the wall time. With no
 concurrency there is less noise than under wrk, but the machine is shared:
 run the two versions in turn, a few times each, in both orders.
+
+With OTEL_EXPORTER_OTLP_ENDPOINT set, this process traces as a patient
+worker does; `--traceparent unsampled` (or `sampled`) then sends each create
+with a fresh traceparent of that kind, as the gateway does: its cost against
+a run without the endpoint is what tracing adds to the patient service
+(the spans of sampled creates go to that endpoint).
 """
 
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -21,6 +28,7 @@ import uuid
 
 import psutil
 
+from pms_common import telemetry
 from pms_common.identity import ADMIN
 from stack.harness import free_port, wait_for
 from stack.parts import grpc_serving
@@ -50,6 +58,7 @@ def new_patient():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--creates", type=int, default=3000)
+    parser.add_argument("--traceparent", choices=["none", "unsampled", "sampled"], default="none")
     args = parser.parse_args(argv)
     admin_url = postgres_admin_url()
     db_name, db_url = bench_database(admin_url)
@@ -65,21 +74,28 @@ def main(argv=None):
     billing = subprocess.Popen([sys.executable, "-m", "billing"], env={**os.environ, **settings})
     try:
         os.environ.update(settings)
-        from flask_migrate import upgrade
-
         from patient import MIGRATIONS_DIR, create_app
+        from pms_common.web_app import Migrations
 
         app = create_app()
-        with app.app_context():
-            upgrade(directory=MIGRATIONS_DIR)
+        Migrations.apply(app, MIGRATIONS_DIR)
+        telemetry.start_tracing("patient")
         wait_for(lambda: grpc_serving(billing_port), timeout=30, message="the billing server")
         client = app.test_client()
         client.environ_base.update(
             {"HTTP_" + name.upper().replace("-", "_"): value for name, value in caller(ADMIN).items()}
         )
+        flags = {"unsampled": "00", "sampled": "01"}.get(args.traceparent)
+
+        def headers():
+            """A fresh traceparent of the chosen kind, as the gateway sends one."""
+            if flags is None:
+                return {}
+            return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{flags}"}
+
         for _ in range(WARM_UP_CREATES):
-            assert client.post("/patients", json=new_patient()).status_code == 201
-        bodies = [new_patient() for _ in range(args.creates)]
+            assert client.post("/patients", json=new_patient(), headers=headers()).status_code == 201
+        bodies = [(new_patient(), headers()) for _ in range(args.creates)]
         parts = {
             "patient": [psutil.Process()],
             "billing": [psutil.Process(billing.pid)],
@@ -87,8 +103,8 @@ def main(argv=None):
         }
         before = {name: cpu_seconds(processes) for name, processes in parts.items()}
         started = time.perf_counter()
-        for body in bodies:
-            assert client.post("/patients", json=body).status_code == 201
+        for body, trace_headers in bodies:
+            assert client.post("/patients", json=body, headers=trace_headers).status_code == 201
         wall = time.perf_counter() - started
         # Backends that came and went meanwhile are not counted; the pools keep theirs.
         cost = {
@@ -99,12 +115,15 @@ def main(argv=None):
             json.dumps(
                 {
                     "creates": args.creates,
+                    "traced": telemetry.tracing_configured(),
+                    "traceparent": args.traceparent,
                     "cpu_ms_per_create": cost,
                     "wall_ms_per_create": round(1000 * wall / args.creates, 3),
                 }
             )
         )
     finally:
+        telemetry.stop_tracing()
         billing.terminate()
         billing.wait(20)
         drop_database(admin_url, db_name)
