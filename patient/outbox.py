@@ -19,6 +19,14 @@ relay send a patient's later event while the first still held the earlier
 one. The price is that one relay carries the whole outbox; a batch of many
 events per broker round trip is what makes that enough.
 
+An idle relay does not poll: it waits on its lease until a writer wakes it
+(`wait_for_events`), and looks at the outbox anyway every
+WOKEN_IDLE_WAIT_SECONDS in case a wake-up was lost. On PostgreSQL a trigger
+on the outbox table NOTIFYs the holder's listening session when a
+transaction that wrote an event commits (migration 0007); on SQLite the
+writer writes a byte into a FIFO beside the database, which the holder keeps
+open (`wake_the_relay`).
+
 The lease holds no transaction: rows are read, the transaction ends, and
 only then does the relay wait for the broker, so a broker that is down
 never blocks a writer. The cost is a window between the broker's
@@ -34,12 +42,15 @@ broker appended the first copy; consumers drop such a repeat by its event id."""
 import fcntl
 import logging
 import os
+import select
 import socket
+import stat
 import time
 import uuid
 import zlib
 from datetime import timedelta
 
+import psycopg
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from flask import after_this_request, has_request_context, request
@@ -57,7 +68,7 @@ from pms_common.telemetry import (
     instrumented,
     traced_producer,
 )
-from pms_common.worker import BROKER, PeerUnavailable
+from pms_common.worker import BROKER, DATABASE, PeerUnavailable
 
 from .extensions import db
 from .models import OutboxEvent, Patient
@@ -159,6 +170,26 @@ _INSERT_PATIENT_WITH_EVENT = (
 )
 
 
+def wake_the_relay():
+    """Wakes the relay that holds the outbox's lease after a commit that wrote
+    an event. PostgreSQL's trigger has done it already; on SQLite this writes
+    a byte into the FIFO the holder keeps open, and does nothing when no
+    relay listens (nobody has it open) or one was woken already (it is full)."""
+    path = wake_path(db.engine)
+    if path is None:
+        return
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no FIFO yet, or no relay has it open (ENXIO)
+        return
+    try:
+        os.write(descriptor, b"\0")
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 def insert_with_event(patient_row, event_row):
     """Writes a new patient and its event atomically. On PostgreSQL that is
     one statement in autocommit: one round trip, not four (BEGIN, two
@@ -175,6 +206,7 @@ def insert_with_event(patient_row, event_row):
         with db.engine.begin() as connection:
             connection.execute(_INSERT_PATIENT, patient_row)
             connection.execute(_INSERT_EVENT, event_row)
+        wake_the_relay()
 
 
 def record_event(patient, event_type):
@@ -194,13 +226,23 @@ STANDBY_RETRY_SECONDS = 1.0
 CLOCK_SKEW = timedelta(minutes=1)
 # The look at the topic reads partitions by assignment: it never joins this group or commits.
 TOPIC_CHECK_GROUP = "patient-outbox-relay-check"
+# What the outbox's trigger NOTIFYs on PostgreSQL (migration 0007).
+OUTBOX_CHANNEL = "patient_outbox"
+# How long an idle relay that writers wake waits before it looks at the outbox
+# anyway: an event whose wake-up was lost (its listening session was replaced
+# meanwhile) waits at most this long.
+WOKEN_IDLE_WAIT_SECONDS = 2.0
+STOP_CHECK_SECONDS = 0.5  # how often a relay waiting to be woken looks whether it should stop
 
 
 class PostgresLease:
     """A session advisory lock on a connection of its own, outside the pool,
     that holds no transaction. PostgreSQL keeps the lock until that session
     ends: the holder released it, or its process died and the socket closed.
-    Its session is named in pg_stat_activity (`patient outbox relay host:pid`)."""
+    Its session is named in pg_stat_activity (`patient outbox relay host:pid`)
+    and LISTENs on OUTBOX_CHANNEL, which the outbox's trigger notifies."""
+
+    wakes_on_events = True
 
     def __init__(self, url):
         # Its one connection stays checked out while the lease is held.
@@ -221,16 +263,45 @@ class PostgresLease:
                 )
             if self.held:
                 self._connection.execute(sa.text("SELECT 1"))
+                self._take_wake_ups(0)  # the look at the outbox that follows serves them
             else:
                 self.held = bool(
                     self._connection.scalar(
                         sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK_KEY}
                     )
                 )
+                if self.held:  # only the holder listens: a standby would only pile them up
+                    self._connection.execute(sa.text(f"LISTEN {OUTBOX_CHANNEL}"))
         except sa.exc.SQLAlchemyError:
             self.release()
             raise
+        except psycopg.Error as error:  # raised by the listening, not through SQLAlchemy
+            self.release()
+            raise PeerUnavailable(DATABASE, f"the relay's session broke: {error}") from error
         return self.held
+
+    def wait_for_events(self, seconds):
+        """Waits up to `seconds` for a writer's notification; True when one
+        came (every one that came is taken). Raises when the session broke;
+        the lease is then lost."""
+        if self._connection is None:
+            time.sleep(seconds)
+            return False
+        try:
+            return self._take_wake_ups(seconds)
+        except psycopg.Error as error:
+            self.release()
+            raise PeerUnavailable(DATABASE, f"the relay's session broke: {error}") from error
+
+    def _take_wake_ups(self, seconds):
+        """Waits up to `seconds` for a notification; True when one came. Takes
+        every one that came meanwhile too: one look at the outbox serves them all."""
+        listener = self._connection.connection.driver_connection
+        woken = any(True for _ in listener.notifies(timeout=seconds, stop_after=1))
+        if woken:
+            for _ in listener.notifies(timeout=0):
+                pass
+        return woken
 
     def release(self):
         """Ends the session, and with it the lock."""
@@ -249,11 +320,18 @@ class PostgresLease:
 class FileLease:
     """SQLite's lease: an exclusive lock on a file beside the database, which
     the kernel drops when the holder's process dies. SQLite serves one host,
-    so every relay of it is on this one."""
+    so every relay of it is on this one, and so is every writer: the holder
+    keeps a FIFO beside the database open, which writers wake it through
+    (`wake_the_relay`). It opens the FIFO for writing too, so that it never
+    reads an end of file when writers close theirs."""
 
-    def __init__(self, path):
+    wakes_on_events = True
+
+    def __init__(self, path, wake_path=None):
         self.path = path
+        self.wake_path = wake_path
         self._descriptor = None
+        self._wake_descriptor = None
         self.held = False
 
     def hold(self):
@@ -266,10 +344,31 @@ class FileLease:
             os.close(descriptor)
             return False
         self._descriptor, self.held = descriptor, True
+        if self.wake_path is not None:
+            self._wake_descriptor = open_fifo(self.wake_path)
+        return True
+
+    def wait_for_events(self, seconds):
+        """Waits up to `seconds` for a writer's byte; True when one came (every
+        byte that came is taken)."""
+        if self._wake_descriptor is None:
+            time.sleep(seconds)
+            return False
+        readable, _, _ = select.select([self._wake_descriptor], [], [], seconds)
+        if not readable:
+            return False
+        try:
+            while os.read(self._wake_descriptor, 4096):
+                pass
+        except BlockingIOError:
+            pass
         return True
 
     def release(self):
         descriptor, self._descriptor, self.held = self._descriptor, None, False
+        wake_descriptor, self._wake_descriptor = self._wake_descriptor, None
+        if wake_descriptor is not None:
+            os.close(wake_descriptor)
         if descriptor is not None:
             os.close(descriptor)
 
@@ -281,9 +380,14 @@ class SoleLease:
     """An in-memory SQLite database has one process and one relay: always held."""
 
     held = True
+    wakes_on_events = False
 
     def hold(self):
         return True
+
+    def wait_for_events(self, seconds):
+        time.sleep(seconds)
+        return False
 
     def release(self):
         pass
@@ -292,13 +396,41 @@ class SoleLease:
         pass
 
 
+def sqlite_file(engine):
+    """The file of a SQLite database; None for PostgreSQL or a database in memory."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if database and database != ":memory:" and not database.startswith("file::memory:"):
+        return database
+    return None
+
+
+def wake_path(engine):
+    """The FIFO that wakes the relay of this SQLite database; None on PostgreSQL
+    (its trigger notifies) and in memory (one process, whose relay looks often)."""
+    database = sqlite_file(engine)
+    return f"{database}.outbox-relay.wake" if database else None
+
+
+def open_fifo(path):
+    """The FIFO at `path` (made when missing), open to read and write without blocking."""
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):  # not ours: a FIFO replaces it
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+
+
 def lease_for(engine):
     """The lease that the relays of this database take turns with."""
     if engine.dialect.name == "postgresql":
         return PostgresLease(engine.url)
-    database = engine.url.database
-    if database and database != ":memory:" and not database.startswith("file::memory:"):
-        return FileLease(f"{database}.outbox-relay.lock")
+    database = sqlite_file(engine)
+    if database:
+        return FileLease(f"{database}.outbox-relay.lock", wake_path(engine))
     return SoleLease()
 
 
@@ -340,6 +472,23 @@ class OutboxRelay:
     @property
     def holds_lease(self):
         return self.lease.held
+
+    @property
+    def wakes_on_events(self):
+        """Whether writers wake this relay (else an idle relay looks again after a pause)."""
+        return self.lease.wakes_on_events
+
+    def wait_for_events(self, seconds, stop):
+        """Waits until a writer wakes the relay, `seconds` pass or `stop` is set
+        (looked at twice a second); True when woken."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.lease.wait_for_events(min(remaining, STOP_CHECK_SECONDS)):
+                return True
+        return False
 
     def publish_pending(self):
         """Publishes one batch; returns how many events the broker acknowledged

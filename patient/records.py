@@ -22,7 +22,7 @@ from .account_closures import close_orphan_account
 from .billing_client import ask_for_account, next_attempt_at
 from .extensions import db
 from .models import BILLING_ACTIVE, BILLING_PENDING, Patient
-from .outbox import insert_with_event, outbox_row, record_event
+from .outbox import insert_with_event, outbox_row, record_event, wake_the_relay
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ def update_patient(patient, data):
     patient.email_key = email_key(patient.email)
     record_event(patient, UPDATED)
     commit_or_conflict(patient.id)
+    wake_the_relay()
     log.info("patient updated", extra={"patient_id": str(patient.id), "by": acting_user()})
     return patient
 
@@ -181,4 +182,5 @@ def delete_patient(patient):
     record_event(patient, DELETED)
     db.session.delete(patient)
     commit_or_conflict(patient_id)
+    wake_the_relay()
     log.info("patient deleted", extra={"patient_id": str(patient_id), "by": acting_user()})

@@ -17,13 +17,14 @@ from .account_closures import AccountReconciler, close_recorded_accounts
 from .billing_client import retry_pending_accounts
 from .config import Config
 from .extensions import db
-from .outbox import STANDBY_RETRY_SECONDS, OutboxRelay
+from .outbox import STANDBY_RETRY_SECONDS, WOKEN_IDLE_WAIT_SECONDS, OutboxRelay
 
 log = logging.getLogger(__name__)
 BILLING_SWEEP_SECONDS = 1.0
-# While there is nothing to publish the relay's pause doubles up to this, so an
-# idle system does not query its outbox every few ms (bench/README.md); the
-# first event after a quiet spell waits at most this long.
+# A relay that writers cannot wake (a database in memory) doubles its pause
+# up to this while there is nothing to publish, so an idle system does not
+# query its outbox every few ms (bench/README.md); the first event after a
+# quiet spell waits at most this long.
 IDLE_PAUSE_MAX_SECONDS = 0.25
 
 
@@ -81,6 +82,11 @@ def relay_events(app, stop: threading.Event):
                 pause = busy_pause
                 return STANDBY_RETRY_SECONDS
             status.beat(idle=published == 0, started_at=started_at)
+            if published == 0 and relay.wakes_on_events:
+                # Nothing to publish: wait for a writer to wake it, not a poll.
+                relay.wait_for_events(WOKEN_IDLE_WAIT_SECONDS, stop)
+                pause = busy_pause
+                return 0
             pause = next_pause(pause, published, relay.batch_size, busy_pause)
             return pause
 

@@ -140,6 +140,48 @@ def test_the_relay_pauses_not_at_all_in_a_backlog_briefly_under_load_and_longer_
     assert next_pause(1.0, 0, 500, busy_pause=1.0) == 1.0
 
 
+def test_an_idle_relay_is_woken_by_each_change_not_by_its_own_pause(app, client, broker):
+    """The lease holder waits to be woken: by PostgreSQL's trigger or SQLite's
+    FIFO after a create, an update and a delete; without a change its wait
+    runs out, and a stop ends it at once. A change with no relay listening
+    still succeeds."""
+    import threading
+    import time
+
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [topic])
+    stop = threading.Event()
+    with app.app_context():
+        relay = OutboxRelay(broker.bootstrap, topic)
+        try:
+            assert relay.publish_pending() == 0 and relay.holds_lease and relay.wakes_on_events
+            started = time.monotonic()
+            assert not relay.wait_for_events(0.3, stop)
+            assert time.monotonic() - started >= 0.3
+
+            created = client.post("/patients", json=VALID).get_json()
+            assert relay.wait_for_events(10, stop)
+            assert relay.publish_pending() == 1
+            assert not relay.wait_for_events(0.2, stop)  # one wake-up per change, all taken
+
+            url = f"/patients/{created['id']}"
+            body = {**{k: VALID[k] for k in ("email", "address", "dateOfBirth")}, "name": "Renamed"}
+            assert client.put(url, json=body).status_code == 200
+            assert relay.wait_for_events(10, stop) and relay.publish_pending() == 1
+            assert client.delete(url).status_code == 204
+            assert relay.wait_for_events(10, stop) and relay.publish_pending() == 1
+
+            stop.set()
+            started = time.monotonic()
+            assert not relay.wait_for_events(10, stop)
+            assert time.monotonic() - started < 1
+        finally:
+            relay.close()
+    assert client.post("/patients", json={**VALID, "email": "later@example.com"}).status_code == 201
+    published = sorted(str(row.event_id) for row in outbox_rows(app) if row.published_at is not None)
+    assert len(published) == 3 and sorted(event_ids_on(broker.bootstrap, topic)) == published
+
+
 def test_the_worker_publishes_and_opens_pending_accounts_then_stops_on_request(make_app, billing, broker):
     import threading
 
