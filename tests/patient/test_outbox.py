@@ -182,6 +182,48 @@ def test_an_idle_relay_is_woken_by_each_change_not_by_its_own_pause(app, client,
     assert len(published) == 3 and sorted(event_ids_on(broker.bootstrap, topic)) == published
 
 
+def test_the_idle_worker_looks_at_its_outbox_only_when_woken_or_every_few_seconds(
+    make_app, broker, monkeypatch
+):
+    """Idle, the worker's relay waits to be woken instead of polling, and a
+    create still leaves the outbox at once."""
+    import threading
+    import time
+
+    from patient.outbox import WOKEN_IDLE_WAIT_SECONDS
+    from patient.worker import run
+
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [topic])
+    app = make_app(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, EVENTS_TOPIC=topic)
+    looks = []
+    publish_pending = OutboxRelay.publish_pending
+
+    def counted(relay):
+        looks.append(time.monotonic())
+        return publish_pending(relay)
+
+    monkeypatch.setattr(OutboxRelay, "publish_pending", counted)
+    stop = threading.Event()
+    worker = threading.Thread(target=run, args=(app, stop))
+    worker.start()
+    try:
+        wait_for(lambda: looks, timeout=15, message="the relay's first look")
+        idle_seconds = 2 * WOKEN_IDLE_WAIT_SECONDS + 0.5
+        time.sleep(idle_seconds)
+        assert len(looks) <= 4, f"{len(looks)} looks at an idle outbox in {idle_seconds} s"
+        created_at = time.monotonic()
+        assert app.test_client().post("/patients", json=VALID).status_code == 201
+        ((_key, event),) = consume(broker.bootstrap, topic, 1)
+        assert event.event_type == "PATIENT_CREATED"
+        first_look_after = min(look for look in looks if look >= created_at)
+        assert first_look_after - created_at < WOKEN_IDLE_WAIT_SECONDS / 2
+    finally:
+        stop.set()
+        worker.join(15)
+    assert not worker.is_alive()
+
+
 def test_the_worker_publishes_and_opens_pending_accounts_then_stops_on_request(make_app, billing, broker):
     import threading
 
