@@ -73,6 +73,7 @@ RESTART_DELAY_CAP_SECONDS = 5.0
 # starts up): supervisord waits before the next try instead of looping.
 START_SECONDS = 5
 STOP_WAIT_SECONDS = 20  # then supervisord kills the part's process group
+READY_POLL_SECONDS = 0.1  # how often it asks the parts still starting whether they are ready
 STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher asks each part whether it works
 # How often it asks supervisord which parts run, and starts one that waits too long.
 WATCH_INTERVAL_SECONDS = 0.5
@@ -344,7 +345,7 @@ class Stack:
         started = time.monotonic()
         pending = {part.name: part for part in self.parts}
         last_progress = 0.0
-        while pending:
+        while True:
             self.check_supervisord()
             states = self.process_states()
             for name, part in list(pending.items()):
@@ -352,8 +353,10 @@ class Stack:
                     del pending[name]
                     self.problems[name] = None
                     say(f"{name} is ready ({time.monotonic() - started:.1f}s)")
+            if not pending:
+                break
             elapsed = time.monotonic() - started
-            if pending and elapsed - last_progress >= 5:
+            if elapsed - last_progress >= 5:
                 last_progress = elapsed
                 say(
                     "waiting for "
@@ -365,7 +368,7 @@ class Stack:
                 for name, part in pending.items():
                     self.report_dead(name, tail, f"did not become healthy in time ({self.problem_of(part)})")
                 raise SystemExit(1)
-            time.sleep(0.25)
+            time.sleep(READY_POLL_SECONDS)
         self.up = True
 
     def process_infos(self):

@@ -259,3 +259,43 @@ def test_a_killed_patient_master_takes_its_workers_and_its_successor_takes_the_p
     errors = [status for status in outcomes if status >= 500]
     assert len(outcomes) > 300
     assert len(errors) / len(outcomes) < 0.01, f"{len(errors)} errors in {len(outcomes)} requests"
+
+
+def test_the_gateway_takes_a_part_back_within_half_a_second_of_it_answering(system):
+    # Envoy checks a host that is not healthy every 250 ms and a healthy one
+    # every 2 s: the gateway's health follows a part that is back at once,
+    # three times in a row (checked every 2 s, one try in 64 would be this quick).
+    part_ready = f"http://127.0.0.1:{system.ports['ANALYTICS_PORT']}/health/ready"
+    gateway_health = f"{system.url}/health"
+
+    def status(url):
+        try:
+            return requests.get(url, timeout=2).status_code
+        except requests.ConnectionError:
+            return None
+
+    for _ in range(3):
+        supervisorctl(system, "stop", "analytics")
+        wait_for(
+            lambda: status(gateway_health) == 503,
+            timeout=30,
+            interval=0.1,
+            message="the gateway to miss analytics",
+        )
+        # supervisorctl's start returns only after START_SECONDS: the part answers before that.
+        starting = threading.Thread(target=supervisorctl, args=(system, "start", "analytics"))
+        starting.start()
+        try:
+            wait_for(
+                lambda: status(part_ready) == 200, timeout=60, interval=0.02, message="analytics to answer"
+            )
+            answered = time.monotonic()
+            wait_for(
+                lambda: status(gateway_health) == 200,
+                timeout=30,
+                interval=0.02,
+                message="the gateway to take it back",
+            )
+            assert time.monotonic() - answered < 0.5
+        finally:
+            starting.join()
