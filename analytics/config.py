@@ -28,11 +28,11 @@ class Config(WebConfig):
         # be a transaction (see bench/README.md, "Service kit figures").
         self.BATCH_WAIT_MS = env_int("ANALYTICS_BATCH_WAIT_MS", 0)
         # How long the broker may hold a fetch open. Kafka and MSK answer as
-        # soon as data arrives, so there a long wait costs no lag; Tansu answers
-        # a fetch that finds nothing only after the wait, so here it trades an
-        # event's lag against how often the consumer asks, idle or not (see
-        # bench/README.md, "Service kit figures").
-        self.FETCH_WAIT_MS = env_int("ANALYTICS_FETCH_WAIT_MS", 50)
+        # soon as data arrives, so there a long wait costs no lag; Tansu looks
+        # again at halving intervals within it, so here it trades an event's
+        # lag (up to about half the wait) against how often the consumer asks,
+        # idle or not (bench/README.md, "Service kit figures" and "Idle").
+        self.FETCH_WAIT_MS = env_int("ANALYTICS_FETCH_WAIT_MS", 200)
         # How long a counted event's id is kept to drop a redelivery of it:
         # longer than the topic keeps events (Kafka's and MSK's default is 7
         # days), so the store does not grow without bound.

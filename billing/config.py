@@ -16,9 +16,14 @@ class Config(ServiceConfig):
         self.EVENTS_ENABLED = env_bool("EVENTS_ENABLED", True)
         self.EVENTS_TOPIC = PATIENT_TOPIC
         self.EVENTS_GROUP_ID = env_str("EVENTS_GROUP_ID", "billing-service")
+        # A close may wait a second; a shorter wait costs the broker a fetch
+        # each time (Tansu holds an empty fetch for its whole wait).
+        self.EVENTS_FETCH_WAIT_MS = env_int("EVENTS_FETCH_WAIT_MS", 1000)
 
     def check(self):
         super().check()
+        if self.EVENTS_FETCH_WAIT_MS < 1:
+            raise ConfigError(f"EVENTS_FETCH_WAIT_MS must be at least 1, got {self.EVENTS_FETCH_WAIT_MS}")
         if self.GRPC_MAX_WORKERS < 1:
             raise ConfigError(f"GRPC_MAX_WORKERS must be at least 1, got {self.GRPC_MAX_WORKERS}")
         if self.SHUTDOWN_GRACE_SECONDS < 0:

@@ -22,6 +22,7 @@ def consumer_settings(config):
         bootstrap_servers=config.KAFKA_BOOTSTRAP_SERVERS,
         group_id=config.EVENTS_GROUP_ID,
         topic=config.EVENTS_TOPIC,
+        fetch_wait_ms=config.EVENTS_FETCH_WAIT_MS,
     )
 
 

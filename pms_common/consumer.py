@@ -62,7 +62,9 @@ from .worker import BROKER, Outage, PeerUnavailable, run_until_stopped
 log = logging.getLogger(__name__)
 kafka_log = logging.getLogger("kafka")
 
-POLL_TIMEOUT_SECONDS = 0.1  # how long a poll waits when nothing is queued
+# How long a poll waits when nothing is queued: a message ends it at once, so
+# this only sets how often an idle loop wakes and how soon it sees a stop.
+POLL_TIMEOUT_SECONDS = 0.5
 COMMIT_INTERVAL_SECONDS = 0.5  # stored offsets are committed together, this often
 DEAD_LETTER_FLUSH_SECONDS = 5.0  # how long the dead-letter topic gets to take a batch's bad messages
 BROKER_PROBE_SECONDS = 2.0  # how long a check that the broker answers may take

@@ -10,8 +10,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from billing import Config, create_server, readiness_probe, set_ready
-from billing.consumer import BillingEventConsumer
+from billing.consumer import BillingEventConsumer, consumer_settings
 from billing.store import Store
+from pms_common.config import ConfigError
 from pms_common.consumer import ConsumerSettings
 from pms_common.events import CREATED, DEAD_LETTER_TOPIC, DELETED, PATIENT_TOPIC, UPDATED, PatientEvent
 from pms_common.kafka import consumer_config, ensure_topics, producer_config
@@ -211,3 +212,10 @@ def test_a_delete_that_comes_while_the_database_is_away_closes_the_account_once_
         ("waiting for a peer; retrying with backoff", "database"),
         ("peer back; resumed", "database"),
     ]
+
+
+def test_the_consumer_asks_the_broker_to_hold_a_fetch_as_long_as_configured():
+    assert consumer_settings(Config(EVENTS_FETCH_WAIT_MS=750)).client_config()["fetch.wait.max.ms"] == 750
+    assert consumer_settings(Config()).client_config()["fetch.wait.max.ms"] == 1000
+    with pytest.raises(ConfigError, match="EVENTS_FETCH_WAIT_MS must be at least 1, got 0"):
+        Config(EVENTS_FETCH_WAIT_MS=0).check()
