@@ -155,19 +155,43 @@ def _bound(table, prefix, columns):
 
 
 _EVENT_COLUMNS = ("event_id", "patient_id", "event_type", "payload", "created_at", "trace_context")
+_OUTBOX = OutboxEvent.__table__
 # Built once (a statement object memoizes its cache key): the two INSERTs of
 # a create, and on PostgreSQL both in one statement, the patient's as a CTE.
 _INSERT_PATIENT = sa.insert(Patient.__table__)
-_INSERT_EVENT = sa.insert(OutboxEvent.__table__)
+_INSERT_EVENT = sa.insert(_OUTBOX)
 _INSERT_PATIENT_WITH_EVENT = (
-    sa.insert(OutboxEvent.__table__)
-    .values(_bound(OutboxEvent.__table__, "event_", _EVENT_COLUMNS))
+    sa.insert(_OUTBOX)
+    .values(_bound(_OUTBOX, "event_", _EVENT_COLUMNS))
     .add_cte(
         sa.insert(Patient.__table__)
         .values(_bound(Patient.__table__, "patient_", Patient.__table__.c.keys()))
         .cte("new_patient")
     )
 )
+
+
+# The relay's statements, built once too.
+_NEXT_ROWS = (
+    sa.select(
+        _OUTBOX.c.id,
+        _OUTBOX.c.event_id,
+        _OUTBOX.c.patient_id,
+        _OUTBOX.c.event_type,
+        _OUTBOX.c.payload,
+        _OUTBOX.c.created_at,
+        _OUTBOX.c.trace_context,
+    )
+    .where(_OUTBOX.c.published_at.is_(None))
+    .order_by(_OUTBOX.c.id)
+    .limit(sa.bindparam("batch_size"))
+)
+_MARK_PUBLISHED = {
+    column: sa.update(_OUTBOX)
+    .where(_OUTBOX.c[column].in_(sa.bindparam("values", expanding=True)), _OUTBOX.c.published_at.is_(None))
+    .values(published_at=sa.bindparam("now"))
+    for column in ("id", "event_id")
+}
 
 
 def wake_the_relay():
@@ -502,8 +526,7 @@ class OutboxRelay:
         if not self._topic_checked:
             self.mark_what_the_topic_holds()
             self._topic_checked = True
-        rows = db.session.execute(self._next_rows()).all()
-        db.session.rollback()  # no transaction held while waiting for the broker
+        rows = self._next_rows()
         if not rows:
             return 0
         acknowledged, failures = [], []
@@ -539,7 +562,7 @@ class OutboxRelay:
             self.producer.purge(in_queue=True, in_flight=False)
             self.producer.poll(0)
         if acknowledged:
-            self._mark_published(OutboxEvent.id, acknowledged)
+            self._mark_published("id", acknowledged)
         if len(acknowledged) < len(rows):
             self._topic_checked = False
             raise PeerUnavailable(
@@ -550,29 +573,19 @@ class OutboxRelay:
         return len(acknowledged)
 
     def _next_rows(self):
-        return (
-            sa.select(
-                OutboxEvent.id,
-                OutboxEvent.event_id,
-                OutboxEvent.patient_id,
-                OutboxEvent.event_type,
-                OutboxEvent.payload,
-                OutboxEvent.created_at,
-                OutboxEvent.trace_context,
-            )
-            .where(OutboxEvent.published_at.is_(None))
-            .order_by(OutboxEvent.id)
-            .limit(self.batch_size)
-        )
+        """The next batch's unpublished rows, oldest first: one statement in
+        autocommit (Core, no session), so no transaction is held while the
+        broker is waited for."""
+        with autocommit_connection(db) as connection:
+            return connection.execute(_NEXT_ROWS, {"batch_size": self.batch_size}).all()
 
     def _mark_published(self, column, values):
-        db.session.execute(
-            sa.update(OutboxEvent)
-            .where(column.in_(padded_for_in(values)), OutboxEvent.published_at.is_(None))
-            .values(published_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
+        """Marks the rows whose `column` ("id" or "event_id") is in `values`
+        published: one UPDATE in autocommit; a row already marked stays as it
+        was. Only rows the broker holds are marked, so an UPDATE that PostgreSQL
+        still runs after its relay died (waiting on a lock) is right too."""
+        with autocommit_connection(db) as connection:
+            connection.execute(_MARK_PUBLISHED[column], {"values": padded_for_in(values), "now": utcnow()})
 
     def mark_what_the_topic_holds(self):
         """Marks published, without sending them again, the next batch's rows
@@ -580,8 +593,7 @@ class OutboxRelay:
         them, but that relay did not live (or hold the lease) to mark them.
         Returns how many. Only the next batch can be such rows, since a relay
         marks each batch before it reads the next."""
-        rows = db.session.execute(self._next_rows()).all()
-        db.session.rollback()
+        rows = self._next_rows()
         if not rows:
             return 0
         unmarked = {str(row.event_id) for row in rows}
@@ -594,7 +606,7 @@ class OutboxRelay:
             ) from error
         on_topic = [uuid.UUID(event_id) for event_id in sent & unmarked]
         if on_topic:
-            self._mark_published(OutboxEvent.event_id, on_topic)
+            self._mark_published("event_id", on_topic)
             log.info("marked events that the topic already held", extra={"events": len(on_topic)})
         return len(on_topic)
 

@@ -386,15 +386,30 @@ with create_app(Config(DATABASE_URL=database_url)).app_context():
 @contextmanager
 def outbox_updates_blocked(database_url):
     """Holds a lock that lets the outbox be read but not updated: a relay
-    waits at the UPDATE that marks its batch published."""
+    waits at the UPDATE that marks its batch published. Yields a function
+    that ends the server sessions waiting at that UPDATE (PostgreSQL): the
+    relay marks in autocommit, so PostgreSQL would otherwise still run a
+    killed relay's UPDATE once the lock frees, not noticing its client gone."""
     if database_url.startswith("sqlite"):
         connection = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
         connection.execute("BEGIN IMMEDIATE")  # readers go on (WAL); a writer waits
+
+        def end_waiting_updates():
+            pass  # SQLite waits in its client: a killed relay's UPDATE died with it
+
     else:
         connection = psycopg.connect(database_url.replace("+psycopg", ""))
         connection.execute("LOCK TABLE outbox_events IN SHARE MODE")
+
+        def end_waiting_updates():
+            with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE outbox_events%'"
+                )
+
     try:
-        yield
+        yield end_waiting_updates
     finally:
         connection.rollback()
         connection.close()
@@ -411,7 +426,7 @@ def test_a_relay_killed_after_the_broker_took_its_batch_is_not_repeated_by_the_n
     topic = f"patient-{uuid.uuid4().hex[:8]}"
     ensure_topics(broker.bootstrap, [topic])
     create_patients(client, 5, "killed")
-    with outbox_updates_blocked(database_url):
+    with outbox_updates_blocked(database_url) as end_waiting_updates:
         relay = subprocess.Popen([sys.executable, "-c", RELAY_ROUND, database_url, broker.bootstrap, topic])
         try:
             wait_for(
@@ -424,6 +439,7 @@ def test_a_relay_killed_after_the_broker_took_its_batch_is_not_repeated_by_the_n
         finally:
             relay.kill()
             relay.wait()
+            end_waiting_updates()
     with app.app_context():
         successor = OutboxRelay(broker.bootstrap, topic)
         try:
