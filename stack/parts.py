@@ -41,7 +41,11 @@ GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 # process per service costs memory and CPU (bench/README.md, "One gunicorn
 # worker per web part"); containers keep the services' own default.
 WEB_CONCURRENCY = "1"
-_http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=1.0))
+# A probe closes its connection: an idle one kept open would hold a part's
+# gunicorn worker at a stop until its grace ends (it waits for open connections).
+_http = urllib3.PoolManager(
+    retries=False, timeout=urllib3.Timeout(total=1.0), headers={"Connection": "close"}
+)
 # The order of a clean stop: intake first (the gateway, then the parts only
 # it calls), then the services whose loops move events (after the drain,
 # stack.drain) and billing, the broker last.

@@ -9,13 +9,14 @@ import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
-from stack.harness import RunningSystem
-from stack.parts import ROOT, WEB_CONCURRENCY
+from stack.harness import RunningSystem, wait_for
+from stack.parts import ROOT, WEB_CONCURRENCY, readiness_problem
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +49,24 @@ def test_a_second_start_in_the_same_run_folder_refuses_and_leaves_the_first_alon
     assert requests.get(f"{system.url}/health", timeout=5).status_code == 200
 
 
+def test_the_launchers_probes_leave_no_connection_open(system):
+    # A gunicorn worker told to stop waits for its open connections until its
+    # grace ends (20 s), then supervisord kills the part: a probe must not keep one.
+    port = system.ports["PATIENT_PORT"]
+    assert readiness_problem(f"http://127.0.0.1:{port}/health/ready") is None
+
+    def open_to_the_part():
+        return [
+            connection
+            for connection in psutil.Process().net_connections("tcp")
+            if connection.raddr
+            and connection.raddr.port == port
+            and connection.status != psutil.CONN_TIME_WAIT
+        ]
+
+    wait_for(lambda: not open_to_the_part(), timeout=5, message="the probe's connection to close")
+
+
 def test_sigterm_stops_every_part(tmp_path):
     system = RunningSystem(tmp_path).start()
     launcher = psutil.Process(system.process.pid)
@@ -69,6 +88,10 @@ def test_sigterm_stops_every_part(tmp_path):
     assert system.process.wait(60) == 0
     gone, alive = psutil.wait_procs(parts, timeout=10)
     assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+    # Each part stopped on its own within its grace: supervisord killed none
+    # (a connection left open to a gunicorn worker holds it until the grace ends).
+    supervisord_log = (Path(system.env["PMS_RUN_DIR"]) / "supervisord.log").read_text()
+    assert "SIGKILL" not in supervisord_log, supervisord_log
 
 
 HARNESS = """
