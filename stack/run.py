@@ -19,6 +19,7 @@ service's master restarts a loop that dies.
 import http.client
 import json
 import os
+import select
 import shlex
 import signal
 import socket
@@ -75,8 +76,12 @@ START_SECONDS = 5
 STOP_WAIT_SECONDS = 20  # then supervisord kills the part's process group
 READY_POLL_SECONDS = 0.1  # how often it asks the parts still starting whether they are ready
 STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher asks each part whether it works
-# How often it asks supervisord which parts run, and starts one that waits too long.
+# How often it asks supervisord which parts run while one of them is not
+# running (starting, waiting to be restarted), and starts one that waits too
+# long. While every part runs it waits for one of their processes to exit
+# instead (PartExits), and asks every STATUS_INTERVAL_SECONDS in any case.
 WATCH_INTERVAL_SECONDS = 0.5
+SETTLED_STATES = {"RUNNING", "STOPPED"}  # nothing to follow until a process exits
 TAIL_INTERVAL_SECONDS = 0.25  # how often it looks for new log lines
 LAUNCHER = "make-run"  # this process's record in the run folder, beside its parts'
 # supervisord's fault codes (supervisor.xmlrpc.Faults) the launcher expects.
@@ -224,6 +229,60 @@ class LogTail(threading.Thread):
                 show(f"{name:<{self.width}} | {line}")
 
 
+class Stopping(threading.Event):
+    """The launcher's stop: an Event whose set() also makes `fd` readable,
+    which ends a PartExits wait."""
+
+    def __init__(self):
+        super().__init__()
+        self.fd, self._write_end = os.pipe()
+
+    def set(self):
+        super().set()
+        os.write(self._write_end, b"x")
+
+
+class PartExits:
+    """Waits until one of a set of processes exits, without polling: a pidfd
+    per process (Linux), readable once it has exited. Where there are none
+    (macOS) `available` is False and the watch polls instead."""
+
+    available = hasattr(os, "pidfd_open") and hasattr(select, "poll")
+
+    def __init__(self, stopping):
+        self.stopping = stopping
+        self.fds: dict[int, int] = {}  # pid → its pidfd
+        # Exited, but perhaps not yet seen so by supervisord: not waited on again.
+        self.exited: set[int] = set()
+
+    def wait(self, pids, seconds):
+        """Returns when one of `pids` has exited (or is gone already), at a
+        stop, or after `seconds`."""
+        self.exited &= set(pids)
+        for pid in set(self.fds) - set(pids):
+            os.close(self.fds.pop(pid))
+        poller = select.poll()
+        poller.register(self.stopping.fd, select.POLLIN)
+        for pid in pids:
+            if pid not in self.fds:
+                try:
+                    self.fds[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:  # gone already
+                    self.exited.add(pid)
+                    return
+            poller.register(self.fds[pid], select.POLLIN)
+        ready = {fd for fd, _event in poller.poll(max(0, int(seconds * 1000)))}
+        for pid, fd in list(self.fds.items()):
+            if fd in ready:
+                self.exited.add(pid)
+                os.close(self.fds.pop(pid))
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
 class Stack:
     def __init__(self, config: StackConfig):
         self.config = config
@@ -231,7 +290,7 @@ class Stack:
         self.run_dir = config.RUN_DIR
         self.data_dir = config.DATA_DIR
         self.supervisord = None
-        self.stopping = threading.Event()
+        self.stopping = Stopping()
         self.up = False
         # Part → what it was last said not to do (None: it works).
         self.problems: dict[str, str | None] = {}
@@ -399,15 +458,28 @@ class Stack:
         a part stops doing its work and when it works again."""
         running_pid = {}
         next_status = 0.0
-        while not self.stopping.is_set():
-            self.check_supervisord()
-            infos = self.process_infos()
-            for info in infos:
-                self.follow_process(info, running_pid, tail)
-            if time.monotonic() >= next_status:
-                next_status = time.monotonic() + STATUS_INTERVAL_SECONDS
-                self.report_problems(infos)
-            self.stopping.wait(WATCH_INTERVAL_SECONDS)
+        exits = PartExits(self.stopping)
+        try:
+            while not self.stopping.is_set():
+                self.check_supervisord()
+                infos = self.process_infos()
+                for info in infos:
+                    self.follow_process(info, running_pid, tail)
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + STATUS_INTERVAL_SECONDS
+                    self.report_problems(infos)
+                pids = [self.supervisord.pid, *running_pid.values()]
+                settled = (
+                    bool(infos)
+                    and all(info["statename"] in SETTLED_STATES for info in infos)
+                    and not exits.exited.intersection(pids)  # supervisord has yet to see an exit
+                )
+                if settled and exits.available:
+                    exits.wait(pids, next_status - time.monotonic())
+                else:
+                    self.stopping.wait(WATCH_INTERVAL_SECONDS)
+        finally:
+            exits.close()
 
     def follow_process(self, info, running_pid, tail):
         name, state, pid = info["name"], info["statename"], info["pid"]

@@ -141,6 +141,58 @@ def test_a_part_failing_to_start_waits_at_most_the_cap_between_tries(supervised)
     assert starts >= 7, starts
 
 
+@pytest.mark.skipif(not run.PartExits.available, reason="no pidfds here: the watch polls supervisord")
+def test_a_running_part_is_watched_without_asking_supervisord_and_its_death_is_said_at_once(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(run, "START_SECONDS", 1)
+    stack = run.Stack(
+        StackConfig({"PMS_RUN_DIR": str(tmp_path / "run"), "PMS_DATA_DIR": str(tmp_path / "data")})
+    )
+    stack.parts = [
+        Part("steady", [sys.executable, "-c", "import time; time.sleep(600)"], problem=lambda: None)
+    ]
+    stack.env = dict(os.environ)
+    (stack.run_dir / "logs").mkdir(parents=True)
+    conf = stack.run_dir / "supervisord.conf"
+    conf.write_text(run.supervisord_conf(stack.run_dir, stack.parts))
+    stack.start(conf)
+    asked = []
+    ask = stack.process_infos
+    monkeypatch.setattr(stack, "process_infos", lambda: asked.append(time.monotonic()) or ask())
+
+    def steady():
+        return stack.rpc().supervisor.getProcessInfo("steady")
+
+    watcher = threading.Thread(target=stack.watch, args=(run.LogTail(stack.run_dir / "logs", ["steady"]),))
+    try:
+        wait_for(lambda: steady()["statename"] == "RUNNING", timeout=20, message="the part to run")
+        watcher.start()
+        wait_for(lambda: asked, timeout=5, message="the watch's first look")
+        time.sleep(0.3)
+        asked_before = len(asked)
+        time.sleep(3)
+        # Polling asked every WATCH_INTERVAL_SECONDS (six times in 3 s); now
+        # only the status round, every STATUS_INTERVAL_SECONDS, may ask.
+        assert len(asked) - asked_before <= 1, asked
+        os.kill(steady()["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        out = []
+        wait_for(
+            lambda: out.append(capsys.readouterr().out) or "steady died" in "".join(out),
+            timeout=10,
+            message="the death to be said",
+        )
+        # Said when the process exited, not at the next status round.
+        assert time.monotonic() - killed < run.STATUS_INTERVAL_SECONDS / 2
+    finally:
+        stack.stopping.set()
+        watcher.join(10)
+        assert not watcher.is_alive()  # the stop ends a wait on the parts at once
+        stack.supervisord.terminate()
+        stack.supervisord.wait(30)
+
+
 def test_a_part_that_stops_doing_its_work_is_said_once_and_again_when_it_works(capsys):
     problem = [None]
     stack = run.Stack(StackConfig({}))
