@@ -150,7 +150,7 @@ def _made_once(kind: type, name: str, documentation: str, labels: tuple[str, ...
     use (not registered: the folder is what is served)."""
     if not metrics_enabled():
         return UNCOUNTED
-    key = (kind, name, multiprocess_dir())
+    key = (kind, name, env_str(MULTIPROC_VARIABLE))  # the folder's text: no Path made per use
     made = _made.get(key)
     if made is None:
         with _switch_lock:
