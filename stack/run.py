@@ -77,11 +77,11 @@ STOP_WAIT_SECONDS = 20  # then supervisord kills the part's process group
 READY_POLL_SECONDS = 0.1  # how often it asks the parts still starting whether they are ready
 STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher asks each part whether it works
 # How often it asks supervisord which parts run while one of them is not
-# running (starting, waiting to be restarted), and starts one that waits too
-# long. While every part runs it waits for one of their processes to exit
-# instead (PartExits), and asks every STATUS_INTERVAL_SECONDS in any case.
+# running (starting, waiting to be restarted, stopped by an operator), and
+# starts one that waits too long. While every part runs it waits for one of
+# their processes to exit instead (PartExits), and asks every
+# STATUS_INTERVAL_SECONDS in any case.
 WATCH_INTERVAL_SECONDS = 0.5
-SETTLED_STATES = {"RUNNING", "STOPPED"}  # nothing to follow until a process exits
 TAIL_INTERVAL_SECONDS = 0.25  # how often it looks for new log lines
 LAUNCHER = "make-run"  # this process's record in the run folder, beside its parts'
 # supervisord's fault codes (supervisor.xmlrpc.Faults) the launcher expects.
@@ -469,9 +469,11 @@ class Stack:
                     next_status = time.monotonic() + STATUS_INTERVAL_SECONDS
                     self.report_problems(infos)
                 pids = [self.supervisord.pid, *running_pid.values()]
+                # Every part runs: nothing to follow until a process exits. A part
+                # stopped on purpose may be started again at any time: polled.
                 settled = (
                     bool(infos)
-                    and all(info["statename"] in SETTLED_STATES for info in infos)
+                    and all(info["statename"] == "RUNNING" for info in infos)
                     and not exits.exited.intersection(pids)  # supervisord has yet to see an exit
                 )
                 if settled and exits.available:

@@ -175,16 +175,25 @@ def test_a_running_part_is_watched_without_asking_supervisord_and_its_death_is_s
         # Polling asked every WATCH_INTERVAL_SECONDS (six times in 3 s); now
         # only the status round, every STATUS_INTERVAL_SECONDS, may ask.
         assert len(asked) - asked_before <= 1, asked
-        os.kill(steady()["pid"], signal.SIGKILL)
-        killed = time.monotonic()
         out = []
-        wait_for(
-            lambda: out.append(capsys.readouterr().out) or "steady died" in "".join(out),
-            timeout=10,
-            message="the death to be said",
-        )
-        # Said when the process exited, not at the next status round.
-        assert time.monotonic() - killed < run.STATUS_INTERVAL_SECONDS / 2
+
+        def said(text):
+            out.append(capsys.readouterr().out)
+            return sum(line.count(text) for line in out)
+
+        def killed_and_said_at_once(deaths_said):
+            os.kill(steady()["pid"], signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for(lambda: said("steady died") == deaths_said, timeout=10, message="the death to be said")
+            # Said when the process exited, not at the next status round.
+            assert time.monotonic() - killed < run.STATUS_INTERVAL_SECONDS / 2
+
+        killed_and_said_at_once(1)
+        wait_for(lambda: said("steady: working again"), timeout=15, message="the restarted part to work")
+        # Stopped and started again by an operator: the new process is watched too.
+        stack.rpc().supervisor.stopProcess("steady")
+        stack.rpc().supervisor.startProcess("steady")  # returns once it runs
+        killed_and_said_at_once(2)
     finally:
         stack.stopping.set()
         watcher.join(10)
