@@ -211,16 +211,16 @@ def instrument_engines(engines: Iterable[Any]) -> None:
         return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.instrumentation.utils import unwrap
-    from sqlalchemy.engine import Engine
 
     engines = list(engines)
     if engines:
         # Its declared range stops below SQLAlchemy 2.1, whose engine events it uses unchanged.
         SQLAlchemyInstrumentor().instrument(engines=engines, enable_commenter=False, skip_dep_check=True)
-        # Its "connect" span marks each checkout from the pool, not a new
-        # database connection: a span per request that says nothing the
-        # statements' spans do not, at the cost of a statement's.
-        unwrap(Engine, "connect")
+        # Its "connect" span (it wraps Engine.connect) marks each checkout
+        # from the pool, not a new database connection: a span per request
+        # that says nothing the statements' spans do not, at a statement's cost.
+        for engine_class in {type(engine) for engine in engines}:
+            unwrap(engine_class, "connect")
 
 
 def server_interceptors(asynchronous: bool = False) -> list[Any]:
