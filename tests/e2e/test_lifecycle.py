@@ -91,6 +91,7 @@ def test_sigterm_stops_every_part(tmp_path):
 
 HARNESS = """
 import sys, time
+from pathlib import Path
 from stack.harness import RunningSystem
 system = RunningSystem(Path(sys.argv[1])).start()
 print(system.process.pid, flush=True)
