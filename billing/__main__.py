@@ -2,7 +2,6 @@
 `python -m billing migrate`: migrate only."""
 
 import logging
-import threading
 from functools import partial
 
 from pms_common.child import run_in_child
@@ -31,7 +30,8 @@ def serve(config):
         # A database that is away at start is waited for, like one lost later;
         # the migration runs in a child, which alone imports alembic.
         migrate_in_child = partial(run_in_child, store.migrate)
-        if not retry_until_done("billing migrations", migrate_in_child, stop_on_signals(threading.Event())):
+        stop = stop_on_signals()
+        if not retry_until_done("billing migrations", migrate_in_child, stop):
             return
         _server, _port, frame = create_server(config, f"{config.BIND_HOST}:{config.PORT}", store=store)
         frame.start()
@@ -41,7 +41,7 @@ def serve(config):
             consumer = BillingEventConsumer(store, consumer_settings(config)).start()
         # SERVING from the probe's first answer on, and NOT_SERVING whenever the store is away.
         frame.follow(readiness_probe(store, consumer))
-        frame.serve_until_signalled(config.SHUTDOWN_GRACE_SECONDS)
+        frame.serve_until_signalled(config.SHUTDOWN_GRACE_SECONDS, stop)
     finally:
         if consumer is not None:
             consumer.stop()

@@ -50,6 +50,7 @@ from grpc_reflection.v1alpha import reflection
 from . import metrics, telemetry
 from .db_errors import describe_error
 from .logs import request_id_var
+from .worker import stop_on_signals
 
 log = logging.getLogger(__name__)
 OVERALL = ""  # the health service's name for "the whole server"
@@ -251,13 +252,13 @@ class _Frame:
         overall_status = SERVING if readiness.serving and readiness.working else NOT_SERVING
         return [(OVERALL, overall_status), *((name, service_status) for name in self.service_names)]
 
-    def _begin_draining(self, signum: int, grace: float) -> bool:
+    def _begin_draining(self, signal_name: str | None, grace: float) -> bool:
         """True the first time: the caller then stops the server."""
         with self._lock:
             if self.draining.is_set():
                 return False
             self.draining.set()
-        log.info("signal received: draining", extra={"signal": signal.Signals(signum).name, "grace_s": grace})
+        log.info("signal received: draining", extra={"signal": signal_name, "grace_s": grace})
         return True
 
 
@@ -301,17 +302,15 @@ class GrpcFrame(_Frame):
         watcher.start()
         return watcher
 
-    def serve_until_signalled(self, grace: float) -> None:
-        """Blocks until SIGTERM/SIGINT, then drains and returns once stopped."""
-
-        def drain(signum: int, _frame: object) -> None:
-            if self._begin_draining(signum, grace):
-                self.health.enter_graceful_shutdown()
-                self.server.stop(grace)
-
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, drain)
-        self.server.wait_for_termination()
+    def serve_until_signalled(self, grace: float, stop: threading.Event | None = None) -> None:
+        """Blocks until SIGTERM/SIGINT (or `stop`, set by them: stop_on_signals),
+        then drains and returns once stopped. The drain runs here, not in the
+        signal handler: grpc's stop takes locks the interrupted thread may hold."""
+        stop = stop or stop_on_signals()
+        stop.wait()
+        if self._begin_draining(getattr(stop, "signal_name", None), grace):
+            self.health.enter_graceful_shutdown()
+            self.server.stop(grace).wait()
         log.info("stopped")
 
 
@@ -363,7 +362,7 @@ class AsyncGrpcFrame(_Frame):
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, received.put_nowait, signum)
-        if self._begin_draining(await received.get(), grace):
+        if self._begin_draining(signal.Signals(await received.get()).name, grace):
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)
         log.info("stopped")

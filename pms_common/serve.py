@@ -280,7 +280,7 @@ def run_loop(background: Background, config: WebConfig, app: Flask) -> int:
     part, and runs until SIGTERM; its exit code (1 if it failed)."""
     die_with_parent()
     configure_logging(background.part, config.LOG_LEVEL)
-    stop = stop_on_signals(threading.Event())
+    stop = stop_on_signals()
     start_loop_figures(background, config)
     freeze_start_up_objects()
     try:
@@ -305,7 +305,7 @@ def run_loop_apart(
     `migrations_dir` is given, waiting for the database), then its work
     until SIGTERM."""
     config.ensure_data_dir()
-    stop = stop_on_signals(threading.Event())
+    stop = stop_on_signals()
     start_loop_figures(background, config)
     app = create_app(config)
     try:

@@ -15,10 +15,14 @@ consumer loop, pms_common.consumer)."""
 from __future__ import annotations
 
 import logging
+import math
+import os
+import select
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import FrameType
 
@@ -174,6 +178,7 @@ def run_until_stopped(
             return
         if pause > 0:
             stop.wait(pause)
+    log.info("stopping", extra={"activity": activity, "signal": getattr(stop, "signal_name", None)})
 
 
 def retry_until_done(activity: str, step: Callable[[], object], stop: threading.Event) -> bool:
@@ -189,14 +194,72 @@ def retry_until_done(activity: str, step: Callable[[], object], stop: threading.
     return bool(done)
 
 
-def stop_on_signals(stop: threading.Event | None = None) -> threading.Event:
+class StopEvent(threading.Event):
+    """An Event that a signal handler may set. threading.Event's set() takes
+    a lock that is not reentrant: a handler that runs while its own thread
+    holds it (in a wait, or in the set() of an earlier signal) would wait for
+    it forever. This one's set() takes no lock and writes a byte to a pipe;
+    wait() polls that pipe, so `fd` also serves a select/poll of its own.
+    Its pipe is not meant to outlive a fork: make a new one in the child."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fd, self._write_end = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write_end, False)
+        self._flag = False
+        # The signal that set it, for the logs of whoever stops (None: set otherwise).
+        self.signal_name: str | None = None
+        weakref.finalize(self, _close_all, self.fd, self._write_end)
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if self._flag:
+            return
+        self._flag = True
+        try:
+            os.write(self._write_end, b"x")
+        except BlockingIOError:  # the pipe is full: it is readable already
+            pass
+
+    def set_by_signal(self, signum: int) -> None:
+        if not self._flag:
+            self.signal_name = signal.Signals(signum).name
+        self.set()
+
+    def clear(self) -> None:
+        self._flag = False
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.poll(None if timeout is None else math.ceil(max(0.0, timeout) * 1000))
+        return self._flag
+
+
+def _close_all(*descriptors: int) -> None:
+    for descriptor in descriptors:
+        os.close(descriptor)
+
+
+def stop_on_signals(stop: StopEvent | None = None) -> StopEvent:
     """An event that SIGTERM and SIGINT set: the loops finish what they hold
-    and return. Call from the main thread."""
-    stop = stop or threading.Event()
+    and return (run_until_stopped logs which signal). Call from the main
+    thread. The handler only sets the event: a log line written from it
+    could interrupt one being written (a reentrant write of stdout fails)."""
+    stop = stop or StopEvent()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal received: stopping", extra={"signal": signal.Signals(signum).name})
-        stop.set()
+        stop.set_by_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, request_stop)

@@ -47,6 +47,7 @@ from pms_common.config import (
 from pms_common.entry import run_main
 from pms_common.lifeline import die_with_parent
 from pms_common.status import STATUS_FOLDER, status_path
+from pms_common.worker import StopEvent
 
 from .config import StackConfig, free_port
 from .parts import (
@@ -229,19 +230,6 @@ class LogTail(threading.Thread):
                 show(f"{name:<{self.width}} | {line}")
 
 
-class Stopping(threading.Event):
-    """The launcher's stop: an Event whose set() also makes `fd` readable,
-    which ends a PartExits wait."""
-
-    def __init__(self):
-        super().__init__()
-        self.fd, self._write_end = os.pipe()
-
-    def set(self):
-        super().set()
-        os.write(self._write_end, b"x")
-
-
 class PartExits:
     """Waits until one of a set of processes exits, without polling: a pidfd
     per process (Linux), readable once it has exited. Where there are none
@@ -290,7 +278,7 @@ class Stack:
         self.run_dir = config.RUN_DIR
         self.data_dir = config.DATA_DIR
         self.supervisord = None
-        self.stopping = Stopping()
+        self.stopping = StopEvent()
         self.up = False
         # Part → what it was last said not to do (None: it works).
         self.problems: dict[str, str | None] = {}

@@ -3,14 +3,23 @@ one line when a loop starts waiting and one when it resumes, and a loop that
 goes on after any failure."""
 
 import logging
+import select
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from pms_common.worker import Backoff, Outage, PeerUnavailable, retry_until_done, run_until_stopped
+from pms_common.worker import (
+    Backoff,
+    Outage,
+    PeerUnavailable,
+    StopEvent,
+    retry_until_done,
+    run_until_stopped,
+)
 
 
 def test_delays_double_up_to_the_cap_and_start_again_after_a_success():
@@ -92,3 +101,50 @@ def test_a_kafka_error_names_the_broker_with_its_code_and_the_helper_loads_no_ka
         check=True,
     )
     assert loaded.stdout.strip() == "False"
+
+
+# Signals land while the main thread waits on its stop, over and over; each
+# handler sets the stop. A stop whose set() takes the lock its wait() holds
+# for a moment hangs on the first that lands inside it.
+SIGNALLED_WAITER = """
+import os, signal, sys, threading
+from pms_common.worker import stop_on_signals
+
+stop = stop_on_signals()
+sent = threading.Event()
+
+def send():
+    for _ in range(3000):
+        os.kill(os.getpid(), signal.SIGTERM if _ % 2 else signal.SIGINT)
+    sent.set()
+
+threading.Thread(target=send, daemon=True).start()
+while not sent.is_set():
+    stop.wait(0)
+    stop.is_set()
+print(stop.is_set(), stop.signal_name in ("SIGTERM", "SIGINT"), stop.wait(5))
+"""
+
+
+def test_a_stop_set_by_signals_landing_at_any_moment_never_hangs_its_process():
+    finished = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_WAITER], capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == ["True", "True", "True"]
+
+
+def test_a_signal_ends_a_wait_at_once_and_the_pipe_says_so_to_a_poll_of_its_own():
+    stop = StopEvent()
+    assert not stop.wait(0.01) and not stop.is_set()
+    poller = select.poll()
+    poller.register(stop.fd, select.POLLIN)
+    assert poller.poll(0) == []
+    setter = threading.Timer(0.2, stop.set)
+    setter.start()
+    started = time.monotonic()
+    assert stop.wait(30)
+    assert time.monotonic() - started < 5
+    assert poller.poll(0) and stop.is_set()
+    stop.clear()
+    assert not stop.is_set() and poller.poll(0) == []

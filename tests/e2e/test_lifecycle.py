@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
@@ -87,6 +88,11 @@ def test_sigterm_stops_every_part(tmp_path):
     assert system.process.wait(60) == 0
     gone, alive = psutil.wait_procs(parts, timeout=10)
     assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+    # Each part stopped on its own within its grace: supervisord killed none
+    # (a connection left open to a gunicorn worker, or a loop whose stop
+    # never comes, holds a part until its grace ends).
+    supervisord_log = (Path(system.env["PMS_RUN_DIR"]) / "supervisord.log").read_text()
+    assert "SIGKILL" not in supervisord_log, supervisord_log
 
 
 HARNESS = """
