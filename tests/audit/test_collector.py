@@ -250,11 +250,15 @@ def test_a_database_outage_delays_entries_and_loses_none(postgres, app_factory, 
     assert len(rows) == AUDITED == len({row.source for row in rows})
     with engine.connect() as connection:
         assert verify(connection).ok
+    # Said once as the outage starts, once as it ends, and once at the stop.
     assert [
-        record.peer for record in caplog.records if getattr(record, "activity", None) == outage.activity
+        (record.getMessage(), getattr(record, "peer", None))
+        for record in caplog.records
+        if getattr(record, "activity", None) == outage.activity
     ] == [
-        "database",
-        "database",
+        ("waiting for a peer; retrying with backoff", "database"),
+        ("peer back; resumed", "database"),
+        ("stopping", None),
     ]
 
 

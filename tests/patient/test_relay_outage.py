@@ -59,7 +59,8 @@ def test_the_relay_waits_out_a_database_outage_and_then_publishes(
         worker.join(30)
     assert not worker.is_alive()
 
-    waiting, resumed = lines_of(caplog, "outbox relay")  # once each, not once per try
+    waiting, resumed, stopping = lines_of(caplog, "outbox relay")  # once each, not once per try
+    assert stopping.getMessage() == "stopping"
     assert (waiting.getMessage(), waiting.levelname, waiting.peer) == (
         "waiting for a peer; retrying with backoff",
         "WARNING",
