@@ -107,15 +107,15 @@ def test_a_kafka_error_names_the_broker_with_its_code_and_the_helper_loads_no_ka
 # handler sets the stop. A stop whose set() takes the lock its wait() holds
 # for a moment hangs on the first that lands inside it.
 SIGNALLED_WAITER = """
-import os, signal, sys, threading
+import os, signal, threading
 from pms_common.worker import stop_on_signals
 
 stop = stop_on_signals()
 sent = threading.Event()
 
 def send():
-    for _ in range(3000):
-        os.kill(os.getpid(), signal.SIGTERM if _ % 2 else signal.SIGINT)
+    for sent_count in range(3000):
+        os.kill(os.getpid(), signal.SIGTERM if sent_count % 2 else signal.SIGINT)
     sent.set()
 
 threading.Thread(target=send, daemon=True).start()
@@ -134,7 +134,7 @@ def test_a_stop_set_by_signals_landing_at_any_moment_never_hangs_its_process():
     assert finished.stdout.split() == ["True", "True", "True"]
 
 
-def test_a_signal_ends_a_wait_at_once_and_the_pipe_says_so_to_a_poll_of_its_own():
+def test_a_set_from_another_thread_ends_a_wait_at_once_and_the_pipe_says_so_to_a_poll_of_its_own():
     stop = StopEvent()
     assert not stop.wait(0.01) and not stop.is_set()
     poller = select.poll()
