@@ -22,9 +22,9 @@ class Config(WebConfig):
         self.TOPIC_PARTITIONS = env_int("AUDIT_TOPIC_PARTITIONS", 3)
         self.BATCH_SIZE = env_int("AUDIT_BATCH_SIZE", 500)
         self.BATCH_WAIT_MS = env_int("AUDIT_BATCH_WAIT_MS", 0)
-        # The trail may trail by a second (Envoy writes its log once a second);
-        # a shorter wait costs the broker a fetch each time.
-        self.FETCH_WAIT_MS = env_int("AUDIT_FETCH_WAIT_MS", 1000)
+        # An event's entry may come a few seconds late; a shorter wait costs
+        # the broker a fetch each time (Tansu holds an empty fetch for its whole wait).
+        self.FETCH_WAIT_MS = env_int("AUDIT_FETCH_WAIT_MS", 3000)
         self.AUDIT_LOG_PATH = audit_log_path()
         # The collector's position row: one per gateway log (several gateways, several names).
         self.AUDIT_LOG_NAME = env_str("AUDIT_LOG_NAME", DEFAULT_LOG_NAME)

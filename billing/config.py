@@ -16,9 +16,9 @@ class Config(ServiceConfig):
         self.EVENTS_ENABLED = env_bool("EVENTS_ENABLED", True)
         self.EVENTS_TOPIC = PATIENT_TOPIC
         self.EVENTS_GROUP_ID = env_str("EVENTS_GROUP_ID", "billing-service")
-        # A close may wait a second; a shorter wait costs the broker a fetch
-        # each time (Tansu holds an empty fetch for its whole wait).
-        self.EVENTS_FETCH_WAIT_MS = env_int("EVENTS_FETCH_WAIT_MS", 1000)
+        # A close may wait a few seconds; a shorter wait costs the broker a
+        # fetch each time (Tansu holds an empty fetch for its whole wait).
+        self.EVENTS_FETCH_WAIT_MS = env_int("EVENTS_FETCH_WAIT_MS", 3000)
 
     def check(self):
         super().check()

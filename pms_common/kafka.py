@@ -116,8 +116,11 @@ def consumer_config(
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
+        # A member that stops heartbeating loses its partitions after 6 s; it
+        # heartbeats three times within that (Kafka's rule), each a request
+        # the broker answers however idle the group is.
         "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 1000,
+        "heartbeat.interval.ms": 2000,
         "reconnect.backoff.max.ms": 1000,
         **(settings or KafkaSettings.from_env()).client_config(),
         **extra,

