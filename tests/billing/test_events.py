@@ -216,6 +216,6 @@ def test_a_delete_that_comes_while_the_database_is_away_closes_the_account_once_
 
 def test_the_consumer_asks_the_broker_to_hold_a_fetch_as_long_as_configured():
     assert consumer_settings(Config(EVENTS_FETCH_WAIT_MS=750)).client_config()["fetch.wait.max.ms"] == 750
-    assert consumer_settings(Config()).client_config()["fetch.wait.max.ms"] == 1000
+    assert consumer_settings(Config()).client_config()["fetch.wait.max.ms"] == 3000
     with pytest.raises(ConfigError, match="EVENTS_FETCH_WAIT_MS must be at least 1, got 0"):
         Config(EVENTS_FETCH_WAIT_MS=0).check()
