@@ -7,6 +7,7 @@ from datetime import timedelta
 import grpc
 import sqlalchemy as sa
 
+from pms_common import telemetry
 from pms_common.identity import ROLE_HEADER, SERVICE, USER_HEADER
 from pms_common.logs import request_id_var
 from pms_common.models import utcnow
@@ -37,47 +38,60 @@ class BillingClient:
     def __init__(self, address, timeout_seconds):
         self.address = address
         self.timeout_seconds = timeout_seconds
-        self._stub = None
+        # (plain, traced): one channel, with and without the tracing interceptor.
+        self._stubs = None
         self._lock = threading.Lock()
 
-    def _get_stub(self):
+    def _stub_and_metadata(self):
+        """The stub and metadata of a call: through the tracing interceptor
+        while the work in hand is traced (it adds the span's traceparent);
+        else plain, with the trace's traceparent if there is one, so that
+        billing's log lines carry its id."""
         with self._lock:
-            if self._stub is None:
+            if self._stubs is None:
                 channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-                self._stub = billing_service_pb2_grpc.BillingServiceStub(channel)
-            return self._stub
-
-    def _metadata(self):
+                self._stubs = tuple(
+                    billing_service_pb2_grpc.BillingServiceStub(each)
+                    for each in (channel, telemetry.traced_channel(channel))
+                )
+            plain, traced = self._stubs
         request_id = request_id_var.get()
-        return (*CALLER_METADATA, ("x-request-id", request_id)) if request_id else CALLER_METADATA
+        metadata = (*CALLER_METADATA, ("x-request-id", request_id)) if request_id else CALLER_METADATA
+        if telemetry.instrumentation_on():
+            return traced, metadata
+        traceparent = telemetry.current_traceparent()
+        return plain, ((*metadata, (telemetry.TRACEPARENT, traceparent)) if traceparent else metadata)
 
     def open_account(self, patient_id, name, email):
         """Returns the account id; raises grpc.RpcError when billing fails or is slow."""
-        response = self._get_stub().CreateBillingAccount(
+        stub, metadata = self._stub_and_metadata()
+        response = stub.CreateBillingAccount(
             billing_service_pb2.BillingRequest(patientId=str(patient_id), name=name, email=email),
             timeout=self.timeout_seconds,
-            metadata=self._metadata(),
+            metadata=metadata,
         )
         return response.accountId
 
     def close_account(self, patient_id):
         """Raises grpc.RpcError when billing fails or is slow (NOT_FOUND: no account)."""
-        self._get_stub().CloseBillingAccount(
+        stub, metadata = self._stub_and_metadata()
+        stub.CloseBillingAccount(
             billing_service_pb2.CloseBillingAccountRequest(patientId=str(patient_id)),
             timeout=self.timeout_seconds,
-            metadata=self._metadata(),
+            metadata=metadata,
         )
 
     def list_active_accounts(self, min_age_seconds, after_patient_id, page_size):
         """Patient ids of a page of ACTIVE accounts opened at least
         min_age_seconds ago, after after_patient_id ("" for the first page);
         raises grpc.RpcError when billing fails or is slow."""
-        response = self._get_stub().ListActiveAccounts(
+        stub, metadata = self._stub_and_metadata()
+        response = stub.ListActiveAccounts(
             billing_service_pb2.ListActiveAccountsRequest(
                 minAgeSeconds=int(min_age_seconds), afterPatientId=after_patient_id, pageSize=page_size
             ),
             timeout=LIST_TIMEOUT_SECONDS,
-            metadata=self._metadata(),
+            metadata=metadata,
         )
         return list(response.patientIds)
 

@@ -3,8 +3,8 @@ OTEL_EXPORTER_OTLP_ENDPOINT is set; without it nothing here loads the SDK and
 every function is a no-op.
 
 The instrumentation packages make the spans: Flask (`instrument_web_app`),
-SQLAlchemy (its engines), gRPC (client channels made after `start_tracing`,
-server interceptors of the kit's frames) and confluent-kafka (the outbox
+SQLAlchemy (its engines), gRPC (a client's `traced_channel`, server
+interceptors of the kit's frames) and confluent-kafka (the outbox
 relay's producer). Only the outbox hop is carried by hand: the request's
 context is written into the outbox row with the change (`current_traceparent`),
 the relay publishes the event inside it (`continued_from`) so the producer
@@ -52,15 +52,14 @@ def tracing_configured() -> bool:
 
 
 def start_tracing(service: str) -> bool:
-    """Sets this process's tracer provider (OTLP over gRPC, batched) and
-    instruments gRPC clients, when tracing is configured; False when not."""
+    """Sets this process's tracer provider (OTLP over gRPC, batched) when
+    tracing is configured; False when not."""
     if _started:
         return True
     if not tracing_configured():
         return False
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -68,7 +67,6 @@ def start_tracing(service: str) -> bool:
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}), sampler=part_sampler())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    GrpcInstrumentorClient().instrument()
     logs.trace_id_source = current_trace_id
     _started.append(service)
     log.info("tracing started", extra={"endpoint": env_str(ENDPOINT_VARIABLE)})
@@ -122,19 +120,35 @@ def untraced(traceparent: str | None) -> Iterator[None]:
     """Runs the block with the instrumentations off, inside the (unsampled)
     trace the traceparent names, if any, so that log lines carry its id."""
     from opentelemetry import context, trace
-    from opentelemetry.instrumentation.utils import suppress_instrumentation
+    from opentelemetry.instrumentation.utils import (
+        _SUPPRESS_INSTRUMENTATION_KEY,
+        _SUPPRESS_INSTRUMENTATION_KEY_PLAIN,
+    )
 
-    parsed, token = parsed_traceparent(traceparent), None
+    # One context holds both the trace and the instrumentations' off switch
+    # (the keys suppress_instrumentation sets): one attach per unsampled request.
+    untraced_context = context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True)
+    untraced_context = context.set_value(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN, True, untraced_context)
+    parsed = parsed_traceparent(traceparent)
     if parsed is not None:
         trace_id, span_id, flags = parsed
         parent = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags))
-        token = context.attach(trace.set_span_in_context(trace.NonRecordingSpan(parent)))
+        untraced_context = trace.set_span_in_context(trace.NonRecordingSpan(parent), untraced_context)
+    token = context.attach(untraced_context)
     try:
-        with suppress_instrumentation():
-            yield
+        yield
     finally:
-        if token is not None:
-            context.detach(token)
+        context.detach(token)
+
+
+def instrumentation_on() -> bool:
+    """Whether the work in hand goes through the instrumentations: tracing
+    has started and no `untraced` block (an unsampled request) is running."""
+    if not _started:
+        return False
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    return is_instrumentation_enabled()
 
 
 def stop_tracing() -> None:
@@ -205,22 +219,51 @@ def _instrument_only_sampled_requests(app: Any) -> None:
     app.wsgi_app = wsgi_app
 
 
+# The pool events the SQLAlchemy instrumentation listens to (its `_pool_<event>` methods).
+POOL_EVENTS = ("connect", "close", "checkin", "checkout")
+
+
 def instrument_engines(engines: Iterable[Any]) -> None:
     """Spans for every statement of these SQLAlchemy engines, when tracing is configured."""
     if not tracing_configured():
         return
+    import sqlalchemy
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.instrumentation.utils import unwrap
 
     engines = list(engines)
     if engines:
         # Its declared range stops below SQLAlchemy 2.1, whose engine events it uses unchanged.
-        SQLAlchemyInstrumentor().instrument(engines=engines, enable_commenter=False, skip_dep_check=True)
+        tracers = SQLAlchemyInstrumentor().instrument(
+            engines=engines, enable_commenter=False, skip_dep_check=True
+        )
         # Its "connect" span (it wraps Engine.connect) marks each checkout
         # from the pool, not a new database connection: a span per request
         # that says nothing the statements' spans do not, at a statement's cost.
         for engine_class in {type(engine) for engine in engines}:
             unwrap(engine_class, "connect")
+        # Its pool listeners (each checkout, checkin, connect and close) feed
+        # an OpenTelemetry connections metric, which this system does not
+        # export (its metrics are Prometheus'): work at every checkout, for nothing.
+        if tracers is None:  # an earlier call instrumented this process already
+            return
+        for engine, tracer in zip(engines, tracers, strict=True):
+            for pool_event in POOL_EVENTS:
+                sqlalchemy.event.remove(engine, pool_event, getattr(tracer, f"_pool_{pool_event}"))
+
+
+def traced_channel(channel: Any) -> Any:
+    """`channel` through OpenTelemetry's client interceptor (a CLIENT span per
+    call, `traceparent` in its metadata) once tracing has started; else
+    `channel` itself. A client calls through it while `instrumentation_on()`,
+    and through the plain channel otherwise: the interceptor's wrapping is
+    work an unsampled call does not need."""
+    if not _started:
+        return channel
+    from opentelemetry.instrumentation.grpc import client_interceptor
+    from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+
+    return intercept_channel(channel, client_interceptor())
 
 
 def server_interceptors(asynchronous: bool = False) -> list[Any]:
@@ -310,14 +353,17 @@ def traced_producer(producer: Any) -> Any:
 
 
 def current_traceparent() -> str | None:
-    """The active span's W3C traceparent, to store beside an outbox event; None outside a span."""
+    """The active span's W3C traceparent, sampled or not (to store beside an
+    outbox event, or to send with a call made without the instrumentations);
+    None outside a span or when tracing has not started."""
     if not _started:
         return None
-    from opentelemetry import propagate
+    from opentelemetry import trace
 
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get(TRACEPARENT)
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 @contextlib.contextmanager

@@ -90,6 +90,13 @@ def read(name):
     return {"ok": True}
 
 telemetry.instrument_web_app(app, [engine])
+# The instrumentation's pool listeners feed a metric nothing exports: instrument_engines drops them.
+otel_pool_listeners = [
+    listener.__module__
+    for event in telemetry.POOL_EVENTS
+    for listener in getattr(engine.pool.dispatch, event)
+    if listener.__module__.startswith("opentelemetry")
+]
 client = app.test_client()
 sampled, unsampled = ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0" + flag for flag in "10")
 client.get("/patients/sampled", headers={"traceparent": sampled})
@@ -127,16 +134,41 @@ def echo(request, context):
 handler = grpc.method_handlers_generic_handler(
     "probe.Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)}
 )
+from patient.billing_client import BillingClient
+from pms_common.protos import billing_service_pb2
+
+def open_account(request, context):
+    called_by_client.append([telemetry.current_trace_id(), is_instrumentation_enabled()])
+    return billing_service_pb2.BillingResponse(accountId="a-1")
+
+billing = grpc.method_handlers_generic_handler("BillingService", {
+    "CreateBillingAccount": grpc.unary_unary_rpc_method_handler(
+        open_account,
+        request_deserializer=billing_service_pb2.BillingRequest.FromString,
+        response_serializer=billing_service_pb2.BillingResponse.SerializeToString,
+    )
+})
 server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=telemetry.server_interceptors())
-server.add_generic_rpc_handlers([handler])
+server.add_generic_rpc_handlers([handler, billing])
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
     call = channel.unary_unary("/probe.Echo/Call")
     for traceparent in (sampled, unsampled):
         call(b"x", metadata=[("traceparent", traceparent)])
-server.stop(None)
 rpc = [span.name for span in spans.get_finished_spans()]
+spans.clear()
+
+# The patient service's client, inside a sampled and an unsampled request's trace and outside any.
+called_by_client = []
+billing_client = BillingClient(f"127.0.0.1:{port}", 5)
+with telemetry.continued_from(sampled):
+    billing_client.open_account("p-1", "Ann", "ann@example.com")
+with telemetry.untraced(unsampled):
+    billing_client.open_account("p-2", "Ann", "ann@example.com")
+billing_client.open_account("p-3", "Ann", "ann@example.com")
+server.stop(None)
+client_rpc = sorted((span.name, span.kind.name) for span in spans.get_finished_spans())
 spans.clear()
 
 import asyncio
@@ -163,7 +195,9 @@ called_async = []
 asyncio.run(call_async_server())
 rpc_async = [span.name for span in spans.get_finished_spans()]
 print(json.dumps({"web": web, "seen": seen, "consumer": consumer, "instrumented": instrumented,
-                  "called": called, "rpc": rpc, "called_async": called_async, "rpc_async": rpc_async}))
+                  "called": called, "rpc": rpc, "called_async": called_async, "rpc_async": rpc_async,
+                  "called_by_client": called_by_client, "client_rpc": client_rpc,
+                  "otel_pool_listeners": otel_pool_listeners}))
 """
 
 
@@ -183,6 +217,7 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
     # The sampled request: its server span and its statement's, in the gateway's trace (no
     # "connect" span for the pool's checkout: telemetry.instrument_engines drops it).
     assert sorted(result["web"]) == [["GET /patients/<name>", trace_id], ["SELECT", trace_id]]
+    assert result["otel_pool_listeners"] == []
     # The others skip the instrumentations; the unsampled one's log lines still carry its trace id.
     assert result["seen"] == {
         "sampled": [trace_id, True],
@@ -195,6 +230,15 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
     # A gRPC call likewise: the sampled one is a server span of its trace, the other runs untraced.
     assert result["called"] == [[trace_id, True], [trace_id, False]]
     assert result["rpc"] == ["/probe.Echo/Call"]
+    # The billing client calls through the tracing interceptor only for a sampled trace (a
+    # client and a server span); an unsampled one's call carries its traceparent for the logs.
+    # Outside any trace (a retry of the relay's loop) the part starts none: nothing is recorded.
+    assert result["called_by_client"][:2] == [[trace_id, True], [trace_id, False]]
+    assert result["called_by_client"][2][1] is False
+    assert result["client_rpc"] == [
+        ["/BillingService/CreateBillingAccount", "CLIENT"],
+        ["/BillingService/CreateBillingAccount", "SERVER"],
+    ]
     # And on the asyncio frame (ext_authz's).
     assert result["called_async"] == [[trace_id, True], [trace_id, False]]
     assert result["rpc_async"] == ["/probe.Echo/Call"]
