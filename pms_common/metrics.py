@@ -22,9 +22,10 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -184,6 +185,13 @@ def start_part_metrics(data_dir: str | Path, part: str, host: str, port: int | N
 # Paths whose requests are not counted: the probes and the scrape itself.
 UNCOUNTED_PATHS = ("/health", "/metrics")
 UNMATCHED = "<unmatched>"
+# A request's `method` label: one of these, else OTHER (a client picks the
+# method, and each new label value is a new series).
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
+REQUEST_LABELS = ("method", "path", "status")
+# In a request's WSGI environ: when it arrived (time.perf_counter).
+STARTED_AT = "pms.metrics.started_at"
 
 
 def path(request: Any) -> str:
@@ -195,29 +203,74 @@ def path(request: Any) -> str:
 def init_http_metrics(
     app: Any, collectors: Iterable[Collector] = (), folders: Iterable[str | Path] = ()
 ) -> None:
-    """Request counts and latency per route template and status
-    (prometheus-flask-exporter: flask_http_request_total,
-    flask_http_request_duration_seconds), and GET /metrics serving them with
+    """Request counts and latency per method, route template and status
+    (flask_http_request_total, flask_http_request_duration_seconds; unhandled
+    exceptions in flask_http_request_exceptions_total, the names
+    prometheus-flask-exporter gives them), and GET /metrics serving them with
     the part's `collectors` (figures computed at scrape time) and the samples
     of other processes' `folders`. /metrics is on the part's own port only:
-    the gateway has no route to it."""
+    the gateway has no route to it. Each request costs a clock read and two
+    updates of series looked up once per (method, route, status)."""
     if not metrics_enabled():
         return
-    from flask import Response
-    from prometheus_flask_exporter import PrometheusMetrics
+    from flask import Response, request
 
     app_registry = CollectorRegistry(auto_describe=False)
-    exporter = PrometheusMetrics(
-        app=None,
-        path=None,
+    request_durations = Histogram(
+        "flask_http_request_duration_seconds",
+        "Flask HTTP request duration in seconds",
+        REQUEST_LABELS,
         registry=app_registry,
-        group_by=path,
-        excluded_paths=[f"^{uncounted}" for uncounted in UNCOUNTED_PATHS],
     )
-    exporter.init_app(app)
+    request_counts = Counter(
+        "flask_http_request", "Total number of HTTP requests", REQUEST_LABELS, registry=app_registry
+    )
+    request_exceptions = Counter(
+        "flask_http_request_exceptions",
+        "Total number of HTTP requests which resulted in an exception",
+        REQUEST_LABELS,
+        registry=app_registry,
+    )
+    series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    # The request itself, not its proxy: each attribute read through the proxy looks it up again.
+    current_request = cast(Any, request)._get_current_object
+    counted_app = app.wsgi_app
+
+    def timed_app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ[STARTED_AT] = time.perf_counter()
+        return counted_app(environ, start_response)
+
+    def labels_of(current: Any, status: int) -> tuple[str, str, int] | None:
+        if current.path.startswith(UNCOUNTED_PATHS):
+            return None
+        method = current.method if current.method in COUNTED_METHODS else OTHER_METHOD
+        return method, path(current), status
+
+    def count_request(response: Any) -> Any:
+        current = current_request()
+        key = labels_of(current, response.status_code)
+        if key is not None:
+            counted = series.get(key)
+            if counted is None:
+                labels = (*key[:2], str(key[2]))
+                counted = series[key] = (request_durations.labels(*labels), request_counts.labels(*labels))
+            started_at = current.environ.get(STARTED_AT)
+            if started_at is not None:
+                counted[0].observe(time.perf_counter() - started_at)
+            counted[1].inc()
+        return response
+
+    def count_exception(error: BaseException | None) -> None:
+        if error is not None:
+            key = labels_of(current_request(), 500)
+            if key is not None:
+                request_exceptions.labels(*key[:2], "500").inc()
+
+    app.wsgi_app = timed_app
+    app.after_request(count_request)
+    app.teardown_request(count_exception)
     extra_collectors, extra_folders = list(collectors), list(folders)
 
-    @exporter.do_not_track()
     def metrics() -> Response:
         own = multiprocess_dir()
         if own is None:  # in memory (a test's app): this app's registry

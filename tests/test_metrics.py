@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+from flask import Flask
 from google.rpc import code_pb2
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +33,7 @@ from patient.extensions import db as patient_db
 from pms_common.config import DEV_USER_EMAIL, DEV_USER_PASSWORD
 from pms_common.grpc_server import UNPARSEABLE
 from pms_common.identity import ADMIN
-from pms_common.metrics import MULTIPROC_VARIABLE, metrics_dir, scrape, use_multiprocess
+from pms_common.metrics import MULTIPROC_VARIABLE, init_http_metrics, metrics_dir, scrape, use_multiprocess
 from pms_common.protos import billing_service_pb2 as pb
 from tests.auth.helpers import FAST_ARGON2, JWT_SECRET
 from tests.billing.conftest import new_patient_request, serving
@@ -81,6 +82,9 @@ def test_patient_metrics_count_requests_per_route_and_status_and_show_the_outbox
             assert client.get(f"/patients/{patient_id}").status_code == 200
             assert client.get(f"/patients/{uuid.uuid4()}").status_code == 404
             assert client.get("/health/live").status_code == 200
+            # A method no route takes: counted, under one label value whatever the client sent.
+            assert client.open("/patients", method="FROBNICATE").status_code == 405
+            assert client.open("/patients", method="FROB2").status_code == 405
 
             response = client.get("/metrics")
             assert response.status_code == 200
@@ -93,7 +97,11 @@ def test_patient_metrics_count_requests_per_route_and_status_and_show_the_outbox
     assert value(found, f"{DURATION}_count", method="GET", path=one_patient, status="200") == 2
     assert value(found, f"{DURATION}_count", method="GET", path=one_patient, status="404") == 1
     assert value(found, f"{DURATION}_count", method="POST", path="/patients", status="201") == 1
-    assert value(found, "flask_http_request_total", method="POST", status="201") == 1
+    assert value(found, "flask_http_request_total", method="POST", path="/patients", status="201") == 1
+    assert value(found, "flask_http_request_total", method="GET", path=one_patient, status="404") == 1
+    assert value(found, "flask_http_request_total", method="OTHER", path="<unmatched>", status="405") == 2
+    methods = {dict(labels).get("method") for name, labels in found if name.startswith("flask_http_request")}
+    assert methods == {"GET", "POST", "OTHER"}
     # Labelled by the route's template, never by an id; probes and scrapes are not counted.
     paths = {dict(labels).get("path") for name, labels in found if name.startswith(DURATION)}
     assert patient_id not in str(paths)
@@ -101,6 +109,23 @@ def test_patient_metrics_count_requests_per_route_and_status_and_show_the_outbox
     # The create's event waits in the outbox: nothing publishes it here.
     assert value(found, "pms_outbox_backlog_events") == 1
     assert value(found, "pms_outbox_oldest_unsent_age_seconds") > 0
+
+
+def test_an_unexpected_exception_is_counted_apart_from_its_500(metrics_folder):
+    app = Flask("probe")
+
+    @app.get("/records/<int:number>")
+    def broken(number):
+        raise RuntimeError(f"record {number} broke")
+
+    init_http_metrics(app)
+    client = app.test_client()
+    assert client.get("/records/1").status_code == 500
+    found = samples(client.get("/metrics").get_data(as_text=True))
+    labels = {"method": "GET", "path": "/records/<int:number>", "status": "500"}
+    assert value(found, "flask_http_request_total", **labels) == 1
+    assert value(found, "flask_http_request_exceptions_total", **labels) == 1
+    assert value(found, f"{DURATION}_count", **labels) == 1
 
 
 def test_auth_metrics_count_logins_by_outcome_and_revoked_tokens(
@@ -215,7 +240,10 @@ def test_gunicorn_workers_add_up(tmp_path):
         assert set(statuses) == {200}
         requests_sent = len(statuses)
         found = samples(requests.get(f"{base}/metrics", timeout=5).text)
-        assert value(found, "flask_http_request_total", method="GET", status="200") == requests_sent
+        assert (
+            value(found, "flask_http_request_total", method="GET", path="/openapi.json", status="200")
+            == requests_sent
+        )
         assert (
             value(found, f"{DURATION}_count", method="GET", path="/openapi.json", status="200")
             == requests_sent

@@ -53,7 +53,7 @@ PROMETHEUS_CONFIG = OBSERVABILITY / "prometheus.yml"
 PROMETHEUS_COMPOSE_CONFIG = OBSERVABILITY / "prometheus.compose.yml"
 GRAFANA_DIR = OBSERVABILITY / "grafana"
 # The metric names the parts export (pms_common.metrics and the parts' code;
-# prometheus-flask-exporter's and the gRPC interceptor's), and Envoy's own.
+# the web kit's request metrics and the gRPC interceptor's), and Envoy's own.
 SERVICE_METRICS = {
     "flask_http_request_total",
     "flask_http_request_duration_seconds",
