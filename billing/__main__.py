@@ -5,10 +5,11 @@ import logging
 from functools import partial
 
 from pms_common.child import run_in_child
+from pms_common.db import instrument_engines
 from pms_common.entry import Migrate, run_command
 from pms_common.freeze import freeze_start_up_objects
 from pms_common.metrics import start_part_metrics
-from pms_common.telemetry import instrument_engines, start_tracing, stop_tracing
+from pms_common.telemetry import start_tracing, stop_tracing
 from pms_common.worker import retry_until_done, stop_on_signals
 
 from . import create_server, readiness_probe

@@ -3,7 +3,7 @@ OTEL_EXPORTER_OTLP_ENDPOINT is set; without it nothing here loads the SDK and
 every function is a no-op.
 
 The instrumentation packages make the spans: Flask (`instrument_web_app`),
-SQLAlchemy (its engines), gRPC (a client's `traced_channel`, server
+SQLAlchemy (`pms_common.db.instrument_engines`), gRPC (a client's `traced_channel`, server
 interceptors of the kit's frames) and confluent-kafka (the outbox
 relay's producer). Only the outbox hop is carried by hand: the request's
 context is written into the outbox row with the change (`current_traceparent`),
@@ -170,16 +170,16 @@ def current_trace_id() -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
-def instrument_web_app(app: Any, engines: Iterable[Any]) -> None:
-    """Spans for the app's requests and its database statements, when
-    tracing is configured. Made before gunicorn forks: the spans start once
-    the worker's provider is set (the tracers are proxies until then)."""
+def instrument_web_app(app: Any) -> None:
+    """Spans for the app's requests, when tracing is configured (its
+    statements': `pms_common.db.instrument_engines`). Made before gunicorn
+    forks: the spans start once the worker's provider is set (the tracers are
+    proxies until then)."""
     if not tracing_configured():
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
     FlaskInstrumentor.instrument_app(app, excluded_urls="health,metrics")
-    instrument_engines(engines)
     if follows_the_gateway():
         _instrument_only_sampled_requests(app)
 
@@ -217,39 +217,6 @@ def _instrument_only_sampled_requests(app: Any) -> None:
     before[before.index(start_span)] = start_span_if_traced
     teardown[teardown.index(end_span)] = end_span_if_traced
     app.wsgi_app = wsgi_app
-
-
-# The pool events the SQLAlchemy instrumentation listens to (its `_pool_<event>` methods).
-POOL_EVENTS = ("connect", "close", "checkin", "checkout")
-
-
-def instrument_engines(engines: Iterable[Any]) -> None:
-    """Spans for every statement of these SQLAlchemy engines, when tracing is configured."""
-    if not tracing_configured():
-        return
-    import sqlalchemy
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-    from opentelemetry.instrumentation.utils import unwrap
-
-    engines = list(engines)
-    if engines:
-        # Its declared range stops below SQLAlchemy 2.1, whose engine events it uses unchanged.
-        tracers = SQLAlchemyInstrumentor().instrument(
-            engines=engines, enable_commenter=False, skip_dep_check=True
-        )
-        # Its "connect" span (it wraps Engine.connect) marks each checkout
-        # from the pool, not a new database connection: a span per request
-        # that says nothing the statements' spans do not, at a statement's cost.
-        for engine_class in {type(engine) for engine in engines}:
-            unwrap(engine_class, "connect")
-        # Its pool listeners (each checkout, checkin, connect and close) feed
-        # an OpenTelemetry connections metric, which this system does not
-        # export (its metrics are Prometheus'): work at every checkout, for nothing.
-        if tracers is None:  # an earlier call instrumented this process already
-            return
-        for engine, tracer in zip(engines, tracers, strict=True):
-            for pool_event in POOL_EVENTS:
-                sqlalchemy.event.remove(engine, pool_event, getattr(tracer, f"_pool_{pool_event}"))
 
 
 def traced_channel(channel: Any) -> Any:

@@ -18,7 +18,7 @@ from flask_smorest import Api, Blueprint
 from flask_sqlalchemy import SQLAlchemy
 
 from .config import DEV_USER_EMAIL, DEV_USER_PASSWORD, WebConfig
-from .db import check_database
+from .db import check_database, instrument_engines
 from .metrics import Collector, init_http_metrics
 from .telemetry import instrument_web_app
 from .web import (
@@ -104,8 +104,9 @@ def create_web_app(
     name_operations(api)
     init_request_context(app)
     init_http_metrics(app, metrics_collectors, metrics_folders)
+    instrument_web_app(app)
     with app.app_context():
-        instrument_web_app(app, db.engines.values())
+        instrument_engines(db.engines.values())
     database_outage_is_503(app, db)
     app.register_blueprint(
         health_blueprint({"database": lambda: check_database(db.engine), **(health_checks or {})})

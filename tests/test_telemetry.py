@@ -72,7 +72,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pms_common import telemetry
+from pms_common import db, telemetry
 
 spans = InMemorySpanExporter()
 provider = TracerProvider(sampler=telemetry.part_sampler())
@@ -89,11 +89,12 @@ def read(name):
     seen[name] = (telemetry.current_trace_id(), is_instrumentation_enabled())
     return {"ok": True}
 
-telemetry.instrument_web_app(app, [engine])
+telemetry.instrument_web_app(app)
+db.instrument_engines([engine])
 # The instrumentation's pool listeners feed a metric nothing exports: instrument_engines drops them.
 otel_pool_listeners = [
     listener.__module__
-    for event in telemetry.POOL_EVENTS
+    for event in db.POOL_EVENTS
     for listener in getattr(engine.pool.dispatch, event)
     if listener.__module__.startswith("opentelemetry")
 ]
@@ -215,7 +216,7 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
     result = json.loads(run.stdout.splitlines()[-1])
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     # The sampled request: its server span and its statement's, in the gateway's trace (no
-    # "connect" span for the pool's checkout: telemetry.instrument_engines drops it).
+    # "connect" span for the pool's checkout: pms_common.db.instrument_engines drops it).
     assert sorted(result["web"]) == [["GET /patients/<name>", trace_id], ["SELECT", trace_id]]
     assert result["otel_pool_listeners"] == []
     # The others skip the instrumentations; the unsampled one's log lines still carry its trace id.
