@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import Pool
 
 from .config import normalize_database_url
-from .telemetry import tracing_configured
+from .telemetry import recording_trace, tracing_configured
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -189,3 +189,25 @@ def instrument_engines(engines: Iterable[Any]) -> None:
         for engine, tracer in zip(engines, tracers, strict=True):
             for pool_event in POOL_EVENTS:
                 event.remove(engine, pool_event, getattr(tracer, f"_pool_{pool_event}"))
+            engine.__class__ = EventsWhileInstrumented
+            engine._has_events = False
+
+
+class EventsWhileInstrumented(Engine):
+    """An instrumented engine whose connections fire their events only when
+    opened for work of a recorded trace (`telemetry.recording_trace`): the
+    statements of an unsampled request, a probe or a poll skip them.
+
+    SQLAlchemy dispatches every event point of a connection (begin, each
+    statement, commit) while its engine has listeners, and the
+    instrumentation's listeners then make a span that is not recorded or
+    return at once: that dispatch was most of what tracing added to an
+    unsampled call to billing. A connection event listener added to such an
+    engine later makes every connection fire again, as SQLAlchemy does; pool
+    events are not affected."""
+
+    def connect(self) -> Connection:
+        connection = super().connect()
+        if recording_trace():
+            connection._has_events = True
+        return connection

@@ -151,6 +151,18 @@ def instrumentation_on() -> bool:
     return is_instrumentation_enabled()
 
 
+def recording_trace() -> bool:
+    """Whether work started now belongs in a recorded trace: the
+    instrumentations are on, and a span of a sampled trace is current or this
+    part starts traces of its own. A part that follows the gateway records
+    nothing outside one (a probe, an outbox poll) whatever it does."""
+    if not instrumentation_on():
+        return False
+    from opentelemetry import trace
+
+    return trace.get_current_span().is_recording() or not follows_the_gateway()
+
+
 def stop_tracing() -> None:
     """Sends the spans still queued (at a clean stop)."""
     if not _started:

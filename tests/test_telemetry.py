@@ -79,6 +79,7 @@ provider = TracerProvider(sampler=telemetry.part_sampler())
 provider.add_span_processor(SimpleSpanProcessor(spans))
 trace.set_tracer_provider(provider)
 engine = sa.create_engine("sqlite://")
+telemetry._started.append("probe")
 app = Flask("probe")
 seen = {}
 
@@ -86,7 +87,8 @@ seen = {}
 def read(name):
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT 1"))
-    seen[name] = (telemetry.current_trace_id(), is_instrumentation_enabled())
+        fires_events = connection._has_events or engine._has_events
+    seen[name] = (telemetry.current_trace_id(), is_instrumentation_enabled(), fires_events)
     return {"ok": True}
 
 telemetry.instrument_web_app(app)
@@ -103,6 +105,10 @@ sampled, unsampled = ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0" +
 client.get("/patients/sampled", headers={"traceparent": sampled})
 client.get("/patients/unsampled", headers={"traceparent": unsampled})
 client.get("/patients/none")
+# Outside any trace (a probe, an outbox poll) a statement is recorded nowhere, and skips the dispatch.
+with engine.connect() as connection:
+    connection.execute(sa.text("SELECT 1"))
+    outside_fires_events = connection._has_events or engine._has_events
 web = [(span.name, format(span.context.trace_id, "032x")) for span in spans.get_finished_spans()]
 spans.clear()
 
@@ -113,7 +119,6 @@ class Message:
     def offset(self): return 7
     def partition(self): return 0
 
-telemetry._started.append("probe")
 instrumented = []
 for batch in ([Message(unsampled)], [Message(sampled), Message(unsampled)]):
     with telemetry.consumer_spans("patient", "analytics-service", batch):
@@ -198,7 +203,8 @@ rpc_async = [span.name for span in spans.get_finished_spans()]
 print(json.dumps({"web": web, "seen": seen, "consumer": consumer, "instrumented": instrumented,
                   "called": called, "rpc": rpc, "called_async": called_async, "rpc_async": rpc_async,
                   "called_by_client": called_by_client, "client_rpc": client_rpc,
-                  "otel_pool_listeners": otel_pool_listeners}))
+                  "otel_pool_listeners": otel_pool_listeners,
+                  "outside_fires_events": outside_fires_events}))
 """
 
 
@@ -219,12 +225,14 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
     # "connect" span for the pool's checkout: pms_common.db.instrument_engines drops it).
     assert sorted(result["web"]) == [["GET /patients/<name>", trace_id], ["SELECT", trace_id]]
     assert result["otel_pool_listeners"] == []
-    # The others skip the instrumentations; the unsampled one's log lines still carry its trace id.
+    # The others skip the instrumentations, their statements SQLAlchemy's event dispatch too;
+    # the unsampled one's log lines still carry its trace id.
     assert result["seen"] == {
-        "sampled": [trace_id, True],
-        "unsampled": [trace_id, False],
-        "none": [None, False],
+        "sampled": [trace_id, True, True],
+        "unsampled": [trace_id, False, False],
+        "none": [None, False, False],
     }
+    assert result["outside_fires_events"] is False
     # A batch of unsampled events records nothing; with one sampled event, its span and the statement.
     assert sorted(result["consumer"]) == ["SELECT", "patient process"]
     assert result["instrumented"] == [False, True]
