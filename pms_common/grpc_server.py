@@ -84,6 +84,10 @@ def probed(probe: Probe) -> Readiness:
         return Readiness(serving=False, working=False, reason=describe_error(error))
 
 
+# Each (metric, service, method, code)'s labelled series, looked up once.
+_call_series: dict[tuple[Any, Any, str, str, str], tuple[Any, Any]] = {}
+
+
 class _UnaryCall:
     """A unary handler's pieces: the servicer's method, the request's parser,
     the caller's request id, and the RPC's names for its figures."""
@@ -101,10 +105,16 @@ class _UnaryCall:
         UNKNOWN for a handler that raised without one) and observes its time."""
         if code is None:
             code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-        handled_total().labels(self.service_name, self.method_name, code.name).inc()
-        handling_seconds().labels(self.service_name, self.method_name).observe(
-            time.perf_counter() - self.started
-        )
+        counts, durations = handled_total(), handling_seconds()
+        key = (counts, durations, self.service_name, self.method_name, code.name)
+        series = _call_series.get(key)
+        if series is None:
+            series = _call_series[key] = (
+                counts.labels(self.service_name, self.method_name, code.name),
+                durations.labels(self.service_name, self.method_name),
+            )
+        series[0].inc()
+        series[1].observe(time.perf_counter() - self.started)
 
     def parsed(self, request_bytes: bytes) -> Any:
         """The request message; None when its bytes are not one."""

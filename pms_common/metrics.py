@@ -41,6 +41,10 @@ METRICS_FOLDER = "metrics"
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 PRIVATE_DIR_MODE = 0o700
 _switch_lock = threading.Lock()
+# The folder this process's metrics write to (PROMETHEUS_MULTIPROC_DIR as
+# inherited or as use_multiprocess set it): part of each metric's key, read
+# on every use, so kept here rather than looked up in the environment.
+_folder_in_use = os.environ.get(MULTIPROC_VARIABLE) or None
 
 
 def metrics_dir(data_dir: str | Path, part: str, copy: int = 1) -> Path:
@@ -54,12 +58,14 @@ def use_multiprocess(directory: str | Path, *, empty: bool = True) -> Path:
     """From now on every metric this process makes writes to `directory`
     (emptied first unless told otherwise: a restarted part counts from zero).
     Call it before any metric is made: one made earlier stays in memory."""
+    global _folder_in_use
     folder = Path(directory)
     with _switch_lock:
         if empty:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         set_for_libraries(MULTIPROC_VARIABLE, str(folder))
+        _folder_in_use = str(folder)
         # The value class is chosen when prometheus_client is imported; every
         # metric made after this swap writes to the folder.
         values.ValueClass = values.MultiProcessValue()
@@ -151,7 +157,7 @@ def _made_once(kind: type, name: str, documentation: str, labels: tuple[str, ...
     use (not registered: the folder is what is served)."""
     if not metrics_enabled():
         return UNCOUNTED
-    key = (kind, name, env_str(MULTIPROC_VARIABLE))  # the folder's text: no Path made per use
+    key = (kind, name, _folder_in_use)
     made = _made.get(key)
     if made is None:
         with _switch_lock:

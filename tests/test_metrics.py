@@ -30,6 +30,7 @@ from patient import MIGRATIONS_DIR as PATIENT_MIGRATIONS
 from patient import create_app as create_patient_app
 from patient.config import Config as PatientConfig
 from patient.extensions import db as patient_db
+from pms_common import metrics
 from pms_common.config import DEV_USER_EMAIL, DEV_USER_PASSWORD
 from pms_common.grpc_server import UNPARSEABLE
 from pms_common.identity import ADMIN
@@ -51,6 +52,7 @@ def metrics_folder(tmp_path, monkeypatch):
     part does (restored to memory afterwards)."""
     monkeypatch.setenv(MULTIPROC_VARIABLE, "")
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)
+    monkeypatch.setattr(metrics, "_folder_in_use", metrics._folder_in_use)
     return use_multiprocess(tmp_path / "metrics")
 
 
