@@ -95,6 +95,8 @@ class Target:
         self.run_id = uuid.uuid4().hex[:8]
         self.slices = 0
         self.create_cpu_by_part = []  # each slice's P2 CPU ms per create, by part
+        self.paced_cpu_by_part = []  # each slice's CPU ms per create at the fixed rate, by part
+        self.read_cpu_by_part = []  # each slice's CPU ms per read through the gateway, by part
         figures.p1_gateway_read(running, 4, connections, rounds=1)  # warms connections and caches
 
     def slice(self):
@@ -108,6 +110,8 @@ class Target:
         creates = figures.create_load(self.running, self.token, self.seconds + 1, self.connections, tag)
         paced = figures.with_cpu_cost(self.running, self.creates_at_rate)
         self.create_cpu_by_part.append(creates["cpu_ms_per_request"])
+        self.paced_cpu_by_part.append(paced["cpu_ms_per_request"])
+        self.read_cpu_by_part.append(reads["gateway_cpu_ms_per_request"])
         return {
             "P1": p1,
             "gateway reads/s": reads["gateway_rps"],
@@ -158,12 +162,19 @@ def compare(settings_by_name, args, prefix):
                 f"{key} {value:.2f} ({statistics.median(ratios):.3f}, {min(ratios):.2f}-{max(ratios):.2f})"
             )
         print(f"{name}: " + "; ".join(cells))
-    print("\nP2 CPU ms per create by part, median of the cycles")
-    for name in names:
-        slices = targets[name].create_cpu_by_part
-        parts = sorted({part for by_part in slices for part in by_part})
-        medians = {part: statistics.median(by_part.get(part, 0.0) for by_part in slices) for part in parts}
-        print(f"{name}: " + ", ".join(f"{part} {value:.2f}" for part, value in medians.items()))
+    for title, slices_of in (
+        ("P2 CPU ms per create", lambda target: target.create_cpu_by_part),
+        (f"CPU ms per create at {args.rate}/s", lambda target: target.paced_cpu_by_part),
+        ("CPU ms per read through the gateway", lambda target: target.read_cpu_by_part),
+    ):
+        print(f"\n{title} by part, median of the cycles")
+        for name in names:
+            slices = slices_of(targets[name])
+            parts = sorted({part for by_part in slices for part in by_part})
+            medians = {
+                part: statistics.median(by_part.get(part, 0.0) for by_part in slices) for part in parts
+            }
+            print(f"{name}: " + ", ".join(f"{part} {value:.2f}" for part, value in medians.items()))
 
 
 def fmt(figures_of):
