@@ -119,14 +119,17 @@ class Message:
     def offset(self): return 7
     def partition(self): return 0
 
-instrumented = []
-for batch in ([Message(unsampled)], [Message(sampled), Message(unsampled)]):
+instrumented, consumer = [], []
+batches = (
+    [Message(unsampled)], [Message(sampled), Message(unsampled)], [Message(unsampled), Message(sampled)]
+)
+for batch in batches:
     with telemetry.consumer_spans("patient", "analytics-service", batch):
         instrumented.append(is_instrumentation_enabled())
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
-consumer = [span.name for span in spans.get_finished_spans()]
-spans.clear()
+    consumer.append(sorted(span.name for span in spans.get_finished_spans()))
+    spans.clear()
 
 import grpc
 from concurrent import futures
@@ -233,9 +236,10 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
         "none": [None, False, False],
     }
     assert result["outside_fires_events"] is False
-    # A batch of unsampled events records nothing; with one sampled event, its span and the statement.
-    assert sorted(result["consumer"]) == ["SELECT", "patient process"]
-    assert result["instrumented"] == [False, True]
+    # A batch of unsampled events records nothing. A sampled event has its span; the batch's
+    # statement is recorded in its trace only when it is the batch's first event.
+    assert result["consumer"] == [[], ["SELECT", "patient process"], ["patient process"]]
+    assert result["instrumented"] == [False, True, False]
     # A gRPC call likewise: the sampled one is a server span of its trace, the other runs untraced.
     assert result["called"] == [[trace_id, True], [trace_id, False]]
     assert result["rpc"] == ["/probe.Echo/Call"]
