@@ -50,9 +50,10 @@ class DroppingCollector(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 @contextmanager
-def otlp_collector():
-    """(collector, endpoint) of an OTLP/gRPC trace collector on a free port."""
-    collector = DroppingCollector()
+def otlp_collector(collector=None):
+    """(collector, endpoint) of an OTLP/gRPC trace collector on a free port:
+    `collector` (a TraceServiceServicer), a DroppingCollector by default."""
+    collector = collector or DroppingCollector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     port = server.add_insecure_port(f"127.0.0.1:{free_port()}")

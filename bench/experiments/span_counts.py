@@ -16,17 +16,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent import futures
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
-import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from stack.harness import free_port
-
 from .. import figures, open_loop
-from .observability_cost import settings, system_on_fresh_database
+from .observability_cost import otlp_collector, settings, system_on_fresh_database
 
 TRACED = "metrics + tracing 10 %"
 SETTLE_SECONDS = 8  # for the consumers' batches and the exporters' next flush (5 s)
@@ -63,27 +59,13 @@ class CountingCollector(trace_service_pb2_grpc.TraceServiceServicer):
         return counts
 
 
-@contextmanager
-def counting_collector():
-    """(collector, endpoint) of an OTLP/gRPC collector that counts spans, on a free port."""
-    collector = CountingCollector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    server.start()
-    try:
-        yield collector, f"http://127.0.0.1:{port}"
-    finally:
-        server.stop(None)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=100, help="creates per second")
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args(argv)
     with ExitStack() as stack:
-        collector, endpoint = stack.enter_context(counting_collector())
+        collector, endpoint = stack.enter_context(otlp_collector(CountingCollector()))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         running = stack.enter_context(system_on_fresh_database(work, settings(endpoint)[TRACED]))
         headers = {"Authorization": f"Bearer {running.token()}", "Content-Type": "application/json"}
