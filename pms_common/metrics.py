@@ -37,14 +37,14 @@ from .config import env_bool, env_str, set_for_libraries
 
 log = logging.getLogger(__name__)
 METRICS_FOLDER = "metrics"
-# prometheus_client and prometheus-flask-exporter read this variable to find the folder.
+# prometheus_client reads this variable to find the folder.
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 PRIVATE_DIR_MODE = 0o700
 _switch_lock = threading.Lock()
 # The folder this process's metrics write to (PROMETHEUS_MULTIPROC_DIR as
 # inherited or as use_multiprocess set it): part of each metric's key, read
 # on every use, so kept here rather than looked up in the environment.
-_folder_in_use = os.environ.get(MULTIPROC_VARIABLE) or None
+_folder_in_use = env_str(MULTIPROC_VARIABLE)
 
 
 def metrics_dir(data_dir: str | Path, part: str, copy: int = 1) -> Path:
