@@ -33,6 +33,7 @@ and serve_until_signalled; its servicers' methods must be coroutines."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -92,10 +93,12 @@ class _UnaryCall:
     """A unary handler's pieces: the servicer's method, the request's parser,
     the caller's request id, and the RPC's names for its figures."""
 
-    def __init__(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> None:
+    def __init__(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails, metadata: dict[str, Any]
+    ) -> None:
         self.handler = handler
         self.method, self.parse = handler.unary_unary, handler.request_deserializer
-        self.request_id = dict(details.invocation_metadata or ()).get("x-request-id")
+        self.request_id = metadata.get("x-request-id")
         # "/package.Service/Method"
         self.service_name, _, self.method_name = details.method.lstrip("/").rpartition("/")
         self.started = time.perf_counter()
@@ -146,22 +149,55 @@ def handling_seconds() -> Any:
     )
 
 
-def _unary(handler: grpc.RpcMethodHandler | None, details: grpc.HandlerCallDetails) -> _UnaryCall | None:
+def _unary(
+    handler: grpc.RpcMethodHandler | None, details: grpc.HandlerCallDetails, metadata: dict[str, Any]
+) -> _UnaryCall | None:
     if handler is None or handler.unary_unary is None:
         return None  # streams (health's Watch, reflection) pass as they are
-    return _UnaryCall(handler, details)
+    return _UnaryCall(handler, details, metadata)
+
+
+def _trace_gate(sampled_call_tracer: Any | None, metadata: dict[str, Any]) -> tuple[bool, str | None]:
+    """(whether a call runs untraced, the traceparent it continues). With a
+    tracer (the part follows the gateway's sampling) a call of a sampled trace
+    goes through it and any other runs untraced, its trace id still on its log
+    lines; without one every call goes as it is."""
+    if sampled_call_tracer is None:
+        return False, None
+    traceparent = metadata.get(telemetry.TRACEPARENT)
+    return not telemetry.sampled(traceparent), traceparent
 
 
 class RequestIdInterceptor(grpc.ServerInterceptor):
-    """The request-id and parsing interceptor of a thread-pool server."""
+    """The request-id, parsing and trace-gate interceptor of a thread-pool server."""
+
+    def __init__(self, sampled_call_tracer: Any | None = None) -> None:
+        self.tracer = sampled_call_tracer
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        untraced, traceparent = _trace_gate(self.tracer, metadata)
+        if self.tracer is not None and not untraced:
+            return self.tracer.intercept_service(
+                lambda details: self._framed(continuation(details), details, metadata, False, None),
+                handler_call_details,
+            )
         handler = continuation(handler_call_details)
-        call = _unary(handler, handler_call_details)
+        return self._framed(handler, handler_call_details, metadata, untraced, traceparent)
+
+    @staticmethod
+    def _framed(
+        handler: grpc.RpcMethodHandler | None,
+        details: grpc.HandlerCallDetails,
+        metadata: dict[str, Any],
+        untraced: bool,
+        traceparent: str | None,
+    ) -> grpc.RpcMethodHandler | None:
+        call = _unary(handler, details, metadata)
         if call is None:
             return handler
 
@@ -170,10 +206,11 @@ class RequestIdInterceptor(grpc.ServerInterceptor):
             failed = True
             token = request_id_var.set(call.request_id)
             try:
-                request = call.parsed(request_bytes)
-                if request is None:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
-                response = call.method(request, context)
+                with telemetry.untraced(traceparent) if untraced else contextlib.nullcontext():
+                    request = call.parsed(request_bytes)
+                    if request is None:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
+                    response = call.method(request, context)
                 failed = False
                 return response
             finally:
@@ -186,13 +223,34 @@ class RequestIdInterceptor(grpc.ServerInterceptor):
 class AsyncRequestIdInterceptor(grpc.aio.ServerInterceptor):
     """The same for an asyncio server."""
 
+    def __init__(self, sampled_call_tracer: Any | None = None) -> None:
+        self.tracer = sampled_call_tracer
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        untraced, traceparent = _trace_gate(self.tracer, metadata)
+        if self.tracer is not None and not untraced:
+
+            async def framed(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+                return self._framed(await continuation(details), details, metadata, False, None)
+
+            return await self.tracer.intercept_service(framed, handler_call_details)
         handler = await continuation(handler_call_details)
-        call = _unary(handler, handler_call_details)
+        return self._framed(handler, handler_call_details, metadata, untraced, traceparent)
+
+    @staticmethod
+    def _framed(
+        handler: grpc.RpcMethodHandler | None,
+        details: grpc.HandlerCallDetails,
+        metadata: dict[str, Any],
+        untraced: bool,
+        traceparent: str | None,
+    ) -> grpc.RpcMethodHandler | None:
+        call = _unary(handler, details, metadata)
         if call is None:
             return handler
 
@@ -201,10 +259,11 @@ class AsyncRequestIdInterceptor(grpc.aio.ServerInterceptor):
             failed = True
             token = request_id_var.set(call.request_id)
             try:
-                request = call.parsed(request_bytes)
-                if request is None:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
-                response = await call.method(request, context)
+                with telemetry.untraced(traceparent) if untraced else contextlib.nullcontext():
+                    request = call.parsed(request_bytes)
+                    if request is None:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
+                    response = await call.method(request, context)
                 failed = False
                 return response
             finally:
@@ -212,6 +271,16 @@ class AsyncRequestIdInterceptor(grpc.aio.ServerInterceptor):
                 call.finished(context.code(), failed)
 
         return call.handler_with(parsed_with_request_id)
+
+
+def server_interceptors(asynchronous: bool = False) -> list[Any]:
+    """A frame's interceptors: tracing's, if it traces every call, then the
+    request-id one (which gates the calls by their sampling otherwise)."""
+    tracing = telemetry.server_interceptors(asynchronous)
+    tracer = telemetry.sampled_call_tracer(asynchronous)
+    if asynchronous:
+        return [*tracing, AsyncRequestIdInterceptor(tracer)]
+    return [*tracing, RequestIdInterceptor(tracer)]
 
 
 class _Frame:
@@ -286,7 +355,7 @@ class GrpcFrame(_Frame):
     ) -> None:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[*telemetry.server_interceptors(), RequestIdInterceptor()],
+            interceptors=server_interceptors(),
         )
         super().__init__(
             server, health.HealthServicer(), address, register, service_names, reflection_enabled
@@ -336,9 +405,7 @@ class AsyncGrpcFrame(_Frame):
         *,
         reflection_enabled: bool = False,
     ) -> None:
-        server = grpc.aio.server(
-            interceptors=[*telemetry.server_interceptors(asynchronous=True), AsyncRequestIdInterceptor()]
-        )
+        server = grpc.aio.server(interceptors=server_interceptors(asynchronous=True))
         super().__init__(
             server, health.aio.HealthServicer(), address, register, service_names, reflection_enabled
         )

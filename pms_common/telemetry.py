@@ -32,6 +32,7 @@ fork), since the exporter's thread and channel do not survive a fork.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -89,9 +90,11 @@ def part_sampler() -> Any:
     return ParentBased(root=ALWAYS_OFF)
 
 
+@functools.lru_cache(maxsize=256)
 def parsed_traceparent(traceparent: str | None) -> tuple[int, int, int] | None:
     """(trace id, parent span id, flags) of a W3C traceparent
-    (version-trace-parent-flags); None when it is not one."""
+    (version-trace-parent-flags); None when it is not one. Cached: a
+    request's gate and its untraced context both ask, one after the other."""
     fields = (traceparent or "").strip().split("-")
     if len(fields) < 4 or [len(field) for field in fields[1:4]] != [32, 16, 2]:
         return None
@@ -191,7 +194,9 @@ def instrument_web_app(app: Any) -> None:
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-    FlaskInstrumentor.instrument_app(app, excluded_urls="health,metrics")
+    # No sqlcommenter tags: the statements carry no comments (the SQLAlchemy
+    # instrumentation's commenter is off), so a traced request need not gather them.
+    FlaskInstrumentor.instrument_app(app, excluded_urls="health,metrics", enable_commenter=False)
     if follows_the_gateway():
         _instrument_only_sampled_requests(app)
 
@@ -246,79 +251,29 @@ def traced_channel(channel: Any) -> Any:
 
 
 def server_interceptors(asynchronous: bool = False) -> list[Any]:
-    """The gRPC server interceptors that continue the caller's trace; none
-    when tracing is not configured."""
-    if not tracing_configured():
+    """The gRPC server interceptors that trace every call: OpenTelemetry's,
+    for a part that does not follow the gateway; none otherwise (a part that
+    follows it hands its frame `sampled_call_tracer`)."""
+    if not tracing_configured() or follows_the_gateway():
         return []
+    return [_otel_server_interceptor(asynchronous)]
+
+
+def sampled_call_tracer(asynchronous: bool = False) -> Any | None:
+    """OpenTelemetry's gRPC server interceptor, for a part that follows the
+    gateway: its frame hands it each call whose trace is sampled and runs any
+    other `untraced`, in the frame's own interceptor (one layer, not two, for
+    an unsampled call). None when tracing is not configured or the part
+    traces every call (`server_interceptors`)."""
+    if not tracing_configured() or not follows_the_gateway():
+        return None
+    return _otel_server_interceptor(asynchronous)
+
+
+def _otel_server_interceptor(asynchronous: bool) -> Any:
     from opentelemetry.instrumentation import grpc as otel_grpc
 
-    if asynchronous:
-        aio_interceptor = otel_grpc.aio_server_interceptor()
-        return [_sampled_aio_calls_only(aio_interceptor)] if follows_the_gateway() else [aio_interceptor]
-    interceptor = otel_grpc.server_interceptor()
-    return [_sampled_calls_only(interceptor)] if follows_the_gateway() else [interceptor]
-
-
-def _sampled_calls_only(interceptor: Any) -> Any:
-    """An interceptor that hands a call whose trace is sampled to
-    `interceptor` (OpenTelemetry's) and runs any other unary call untraced."""
-    import grpc
-
-    class SampledCallsOnly(grpc.ServerInterceptor):
-        def intercept_service(self, continuation: Any, details: Any) -> Any:
-            traceparent = _call_traceparent(details)
-            if sampled(traceparent):
-                return interceptor.intercept_service(continuation, details)
-            handler = continuation(details)
-            if handler is None or handler.unary_unary is None:
-                return handler
-            behaviour = handler.unary_unary
-
-            def untraced_behaviour(request: Any, context: Any) -> Any:
-                with untraced(traceparent):
-                    return behaviour(request, context)
-
-            return _unary_handler(untraced_behaviour, handler)
-
-    return SampledCallsOnly()
-
-
-def _sampled_aio_calls_only(interceptor: Any) -> Any:
-    """The asyncio twin of `_sampled_calls_only` (ext_authz's server)."""
-    import grpc
-
-    class SampledAioCallsOnly(grpc.aio.ServerInterceptor):
-        async def intercept_service(self, continuation: Any, details: Any) -> Any:
-            traceparent = _call_traceparent(details)
-            if sampled(traceparent):
-                return await interceptor.intercept_service(continuation, details)
-            handler = await continuation(details)
-            if handler is None or handler.unary_unary is None:
-                return handler
-            behaviour = handler.unary_unary
-
-            async def untraced_behaviour(request: Any, context: Any) -> Any:
-                with untraced(traceparent):
-                    return await behaviour(request, context)
-
-            return _unary_handler(untraced_behaviour, handler)
-
-    return SampledAioCallsOnly()
-
-
-def _call_traceparent(details: Any) -> str | None:
-    return dict(details.invocation_metadata or ()).get(TRACEPARENT)
-
-
-def _unary_handler(behaviour: Any, like: Any) -> Any:
-    """A unary handler of `behaviour` with `like`'s (de)serialisers."""
-    import grpc
-
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour,
-        request_deserializer=like.request_deserializer,
-        response_serializer=like.response_serializer,
-    )
+    return otel_grpc.aio_server_interceptor() if asynchronous else otel_grpc.server_interceptor()
 
 
 def traced_producer(producer: Any) -> Any:

@@ -72,7 +72,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pms_common import db, telemetry
+from pms_common import db, grpc_server, telemetry
 
 spans = InMemorySpanExporter()
 provider = TracerProvider(sampler=telemetry.part_sampler())
@@ -157,7 +157,7 @@ billing = grpc.method_handlers_generic_handler("BillingService", {
         response_serializer=billing_service_pb2.BillingResponse.SerializeToString,
     )
 })
-server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=telemetry.server_interceptors())
+server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=grpc_server.server_interceptors())
 server.add_generic_rpc_handlers([handler, billing])
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
@@ -190,7 +190,7 @@ async def call_async_server():
     handler = grpc.method_handlers_generic_handler(
         "probe.Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo_async)}
     )
-    server = grpc.aio.server(interceptors=telemetry.server_interceptors(asynchronous=True))
+    server = grpc.aio.server(interceptors=grpc_server.server_interceptors(asynchronous=True))
     server.add_generic_rpc_handlers([handler])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
