@@ -133,11 +133,12 @@ for batch in batches:
 
 import grpc
 from concurrent import futures
+from pms_common.logs import request_id_var
 
 called = []
 
 def echo(request, context):
-    called.append([telemetry.current_trace_id(), is_instrumentation_enabled()])
+    called.append([telemetry.current_trace_id(), is_instrumentation_enabled(), request_id_var.get()])
     return request
 
 handler = grpc.method_handlers_generic_handler(
@@ -164,7 +165,7 @@ server.start()
 with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
     call = channel.unary_unary("/probe.Echo/Call")
     for traceparent in (sampled, unsampled):
-        call(b"x", metadata=[("traceparent", traceparent)])
+        call(b"x", metadata=[("traceparent", traceparent), ("x-request-id", traceparent[-2:])])
 rpc = [span.name for span in spans.get_finished_spans()]
 spans.clear()
 
@@ -183,7 +184,7 @@ spans.clear()
 import asyncio
 
 async def echo_async(request, context):
-    called_async.append([telemetry.current_trace_id(), is_instrumentation_enabled()])
+    called_async.append([telemetry.current_trace_id(), is_instrumentation_enabled(), request_id_var.get()])
     return request
 
 async def call_async_server():
@@ -197,7 +198,7 @@ async def call_async_server():
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary("/probe.Echo/Call")
         for traceparent in (sampled, unsampled):
-            await call(b"x", metadata=[("traceparent", traceparent)])
+            await call(b"x", metadata=[("traceparent", traceparent), ("x-request-id", traceparent[-2:])])
     await server.stop(None)
 
 called_async = []
@@ -241,7 +242,8 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
     assert result["consumer"] == [[], ["SELECT", "patient process"], ["patient process"]]
     assert result["instrumented"] == [False, True, False]
     # A gRPC call likewise: the sampled one is a server span of its trace, the other runs untraced.
-    assert result["called"] == [[trace_id, True], [trace_id, False]]
+    # The frame's one interceptor takes the caller's request id either way.
+    assert result["called"] == [[trace_id, True, "01"], [trace_id, False, "00"]]
     assert result["rpc"] == ["/probe.Echo/Call"]
     # The billing client calls through the tracing interceptor only for a sampled trace (a
     # client and a server span); an unsampled one's call carries its traceparent for the logs.
@@ -253,7 +255,7 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
         ["/BillingService/CreateBillingAccount", "SERVER"],
     ]
     # And on the asyncio frame (ext_authz's).
-    assert result["called_async"] == [[trace_id, True], [trace_id, False]]
+    assert result["called_async"] == [[trace_id, True, "01"], [trace_id, False, "00"]]
     assert result["rpc_async"] == ["/probe.Echo/Call"]
 
 

@@ -6,7 +6,9 @@ interleaved in one run.
     .venv/bin/python -m bench.experiments.observability_cost [options]
 
 Options: --seconds 3 (each run in a slice), --connections 16, --cycles 8,
---rate 100 (the paced creates per second).
+--rate 100 (the paced creates per second), --control (instead, the bare
+system twice: the copy's ratios to the first are what the host's noise alone
+gives; a fourth system would take more than PostgreSQL's 100 connections).
 
 Every setting's system runs at once, each on a fresh PostgreSQL database.
 Each cycle gives each system in turn one slice of load (P1's round: direct,
@@ -98,6 +100,7 @@ class Target:
         self.create_cpu_by_part = []  # each slice's P2 CPU ms per create, by part
         self.paced_cpu_by_part = []  # each slice's CPU ms per create at the fixed rate, by part
         self.read_cpu_by_part = []  # each slice's CPU ms per read through the gateway, by part
+        self.errors = 0  # answers not 2xx over every slice: a failing system's figures do not count
         figures.p1_gateway_read(running, 4, connections, rounds=1)  # warms connections and caches
 
     def slice(self):
@@ -113,6 +116,7 @@ class Target:
         self.create_cpu_by_part.append(creates["cpu_ms_per_request"])
         self.paced_cpu_by_part.append(paced["cpu_ms_per_request"])
         self.read_cpu_by_part.append(reads["gateway_cpu_ms_per_request"])
+        self.errors += reads["gateway_errors"] + creates["errors"] + paced["errors"]
         return {
             "P1": p1,
             "gateway reads/s": reads["gateway_rps"],
@@ -137,7 +141,12 @@ class Target:
 def compare(settings_by_name, args, prefix):
     """Starts a system per setting, runs `args.cycles` cycles of slices, and
     prints each setting's median figures and its ratios to the first
-    setting's, cycle by cycle (median and range)."""
+    setting's, cycle by cycle (median and range). With `args.control` the
+    first setting runs twice instead, and nothing else (an A/A): the copy's
+    ratios are the host's noise alone."""
+    if args.control:
+        first = next(iter(settings_by_name.items()))
+        settings_by_name = dict([first, (f"{first[0]} (again)", first[1])])
     names = list(settings_by_name)
     with tempfile.TemporaryDirectory(prefix=prefix) as work, ExitStack() as systems:
         targets = {}
@@ -163,6 +172,10 @@ def compare(settings_by_name, args, prefix):
                 f"{key} {value:.2f} ({statistics.median(ratios):.3f}, {min(ratios):.2f}-{max(ratios):.2f})"
             )
         print(f"{name}: " + "; ".join(cells))
+    errors = {name: targets[name].errors for name in names}
+    print("\nanswers not 2xx over the run: " + ", ".join(f"{name} {count}" for name, count in errors.items()))
+    if any(errors.values()):
+        print("a system that answered errors was failing (out of connections?): its figures do not count")
     for title, slices_of in (
         ("P2 CPU ms per create", lambda target: target.create_cpu_by_part),
         (f"CPU ms per create at {args.rate}/s", lambda target: target.paced_cpu_by_part),
@@ -188,6 +201,11 @@ def arguments(argv, description):
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--cycles", type=int, default=8)
     parser.add_argument("--rate", type=int, default=100, help="creates/s of each slice's paced run")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="instead of the settings, the first one twice: the copy's ratios are the host's noise (an A/A)",
+    )
     return parser.parse_args(argv)
 
 
