@@ -8,7 +8,9 @@ interleaved in one run.
 Options: --seconds 3 (each run in a slice), --connections 16, --cycles 8,
 --rate 100 (the paced creates per second), --control (instead, the bare
 system twice: the copy's ratios to the first are what the host's noise alone
-gives; a fourth system would take more than PostgreSQL's 100 connections).
+gives; a fourth system would take more than PostgreSQL's 100 connections),
+--reverse (the systems started in the reverse order: on a host where the
+system started first costs more, a run each way cancels that).
 
 Every setting's system runs at once, each on a fresh PostgreSQL database.
 Each cycle gives each system in turn one slice of load (P1's round: direct,
@@ -150,7 +152,7 @@ def compare(settings_by_name, args, prefix):
     names = list(settings_by_name)
     with tempfile.TemporaryDirectory(prefix=prefix) as work, ExitStack() as systems:
         targets = {}
-        for index, name in enumerate(names):
+        for index, name in enumerate(reversed(names) if args.reverse else names):
             running = systems.enter_context(
                 system_on_fresh_database(Path(work) / f"setting-{index}", settings_by_name[name])
             )
@@ -201,6 +203,12 @@ def arguments(argv, description):
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--cycles", type=int, default=8)
     parser.add_argument("--rate", type=int, default=100, help="creates/s of each slice's paced run")
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="start the systems in the reverse order (the bare one last): beside a run in the usual order, "
+        "this cancels what starting first or last does to a system",
+    )
     parser.add_argument(
         "--control",
         action="store_true",
