@@ -168,45 +168,60 @@ def _trace_gate(sampled_call_tracer: Any | None, metadata: dict[str, Any]) -> tu
     return not telemetry.sampled(traceparent), traceparent
 
 
-class RequestIdInterceptor(grpc.ServerInterceptor):
-    """The request-id, parsing and trace-gate interceptor of a thread-pool server."""
+class _RequestFraming:
+    """What both request-id interceptors share: the trace gate, and the call's
+    handler rebuilt around the frame's behaviour (`_behaviour`, sync or async)."""
 
     def __init__(self, sampled_call_tracer: Any | None = None) -> None:
         self.tracer = sampled_call_tracer
+
+    def _gate(self, details: grpc.HandlerCallDetails) -> tuple[dict[str, Any], bool, str | None]:
+        """(the call's metadata, whether it runs untraced, its traceparent)."""
+        metadata = dict(details.invocation_metadata or ())
+        return (metadata, *_trace_gate(self.tracer, metadata))
+
+    def _framed(
+        self,
+        handler: grpc.RpcMethodHandler | None,
+        details: grpc.HandlerCallDetails,
+        metadata: dict[str, Any],
+        untraced: bool = False,
+        traceparent: str | None = None,
+    ) -> grpc.RpcMethodHandler | None:
+        call = _unary(handler, details, metadata)
+        if call is None:
+            return handler
+        scope = (lambda: telemetry.untraced(traceparent)) if untraced else contextlib.nullcontext
+        return call.handler_with(self._behaviour(call, scope))
+
+    def _behaviour(self, call: _UnaryCall, scope: Callable[[], Any]) -> Callable[..., Any]:
+        raise NotImplementedError
+
+
+class RequestIdInterceptor(_RequestFraming, grpc.ServerInterceptor):
+    """The request-id, parsing and trace-gate interceptor of a thread-pool server."""
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        untraced, traceparent = _trace_gate(self.tracer, metadata)
+        metadata, untraced, traceparent = self._gate(handler_call_details)
         if self.tracer is not None and not untraced:
             return self.tracer.intercept_service(
-                lambda details: self._framed(continuation(details), details, metadata, False, None),
+                lambda details: self._framed(continuation(details), details, metadata),
                 handler_call_details,
             )
         handler = continuation(handler_call_details)
         return self._framed(handler, handler_call_details, metadata, untraced, traceparent)
 
-    @staticmethod
-    def _framed(
-        handler: grpc.RpcMethodHandler | None,
-        details: grpc.HandlerCallDetails,
-        metadata: dict[str, Any],
-        untraced: bool,
-        traceparent: str | None,
-    ) -> grpc.RpcMethodHandler | None:
-        call = _unary(handler, details, metadata)
-        if call is None:
-            return handler
-
+    def _behaviour(self, call: _UnaryCall, scope: Callable[[], Any]) -> Callable[..., Any]:
         def parsed_with_request_id(request_bytes: bytes, context: grpc.ServicerContext) -> Any:
             call.started = time.perf_counter()
             failed = True
             token = request_id_var.set(call.request_id)
             try:
-                with telemetry.untraced(traceparent) if untraced else contextlib.nullcontext():
+                with scope():
                     request = call.parsed(request_bytes)
                     if request is None:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
@@ -217,49 +232,34 @@ class RequestIdInterceptor(grpc.ServerInterceptor):
                 request_id_var.reset(token)
                 call.finished(context.code(), failed)
 
-        return call.handler_with(parsed_with_request_id)
+        return parsed_with_request_id
 
 
-class AsyncRequestIdInterceptor(grpc.aio.ServerInterceptor):
+class AsyncRequestIdInterceptor(_RequestFraming, grpc.aio.ServerInterceptor):
     """The same for an asyncio server."""
-
-    def __init__(self, sampled_call_tracer: Any | None = None) -> None:
-        self.tracer = sampled_call_tracer
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        untraced, traceparent = _trace_gate(self.tracer, metadata)
+        metadata, untraced, traceparent = self._gate(handler_call_details)
         if self.tracer is not None and not untraced:
 
             async def framed(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-                return self._framed(await continuation(details), details, metadata, False, None)
+                return self._framed(await continuation(details), details, metadata)
 
             return await self.tracer.intercept_service(framed, handler_call_details)
         handler = await continuation(handler_call_details)
         return self._framed(handler, handler_call_details, metadata, untraced, traceparent)
 
-    @staticmethod
-    def _framed(
-        handler: grpc.RpcMethodHandler | None,
-        details: grpc.HandlerCallDetails,
-        metadata: dict[str, Any],
-        untraced: bool,
-        traceparent: str | None,
-    ) -> grpc.RpcMethodHandler | None:
-        call = _unary(handler, details, metadata)
-        if call is None:
-            return handler
-
+    def _behaviour(self, call: _UnaryCall, scope: Callable[[], Any]) -> Callable[..., Any]:
         async def parsed_with_request_id(request_bytes: bytes, context: grpc.aio.ServicerContext) -> Any:
             call.started = time.perf_counter()
             failed = True
             token = request_id_var.set(call.request_id)
             try:
-                with telemetry.untraced(traceparent) if untraced else contextlib.nullcontext():
+                with scope():
                     request = call.parsed(request_bytes)
                     if request is None:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNPARSEABLE)
@@ -270,7 +270,7 @@ class AsyncRequestIdInterceptor(grpc.aio.ServerInterceptor):
                 request_id_var.reset(token)
                 call.finished(context.code(), failed)
 
-        return call.handler_with(parsed_with_request_id)
+        return parsed_with_request_id
 
 
 def server_interceptors(asynchronous: bool = False) -> list[Any]:
