@@ -157,17 +157,6 @@ def _unary(
     return _UnaryCall(handler, details, metadata)
 
 
-def _trace_gate(sampled_call_tracer: Any | None, metadata: dict[str, Any]) -> tuple[bool, str | None]:
-    """(whether a call runs untraced, the traceparent it continues). With a
-    tracer (the part follows the gateway's sampling) a call of a sampled trace
-    goes through it and any other runs untraced, its trace id still on its log
-    lines; without one every call goes as it is."""
-    if sampled_call_tracer is None:
-        return False, None
-    traceparent = metadata.get(telemetry.TRACEPARENT)
-    return not telemetry.sampled(traceparent), traceparent
-
-
 class _RequestFraming:
     """What both request-id interceptors share: the trace gate, and the call's
     handler rebuilt around the frame's behaviour (`_behaviour`, sync or async)."""
@@ -176,9 +165,15 @@ class _RequestFraming:
         self.tracer = sampled_call_tracer
 
     def _gate(self, details: grpc.HandlerCallDetails) -> tuple[dict[str, Any], bool, str | None]:
-        """(the call's metadata, whether it runs untraced, its traceparent)."""
+        """(the call's metadata, whether it runs untraced, its traceparent).
+        With a tracer (the part follows the gateway's sampling) a call of a
+        sampled trace goes through it and any other runs untraced, its trace
+        id still on its log lines; without one every call goes as it is."""
         metadata = dict(details.invocation_metadata or ())
-        return (metadata, *_trace_gate(self.tracer, metadata))
+        if self.tracer is None:
+            return metadata, False, None
+        traceparent = metadata.get(telemetry.TRACEPARENT)
+        return metadata, not telemetry.sampled(traceparent), traceparent
 
     def _framed(
         self,
