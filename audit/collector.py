@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 ROTATED_SUFFIX = ".1"  # what a rotation renames the log to (audit/README.md)
 CHUNK_BYTES = 1 << 20  # the most one round reads (and one transaction appends)
 MAX_TEXT = 320  # longest actor or address kept; longer is cut
+# While the log does not grow, the pause between looks doubles up to this: the
+# gateway writes its lines out about once a second (its file flush interval),
+# so an idle collector looks about as often as lines could come.
+IDLE_PAUSE_MAX_SECONDS = 1.0
 UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # The gateway's routes by name (gateway/envoy.yaml). Every one of them needs a
 # token but login and logout, so a 401 or 403 on one is DENIED.
@@ -232,28 +236,32 @@ class GatewayLogCollector:
         self.interval_seconds = interval_seconds
         self.log_name = log_name
         self._read_to: tuple[str, int] | None = None  # (file id, offset) of the last round's position
+        self._idle_pause = interval_seconds  # the pause after a round that found the log as it was
 
     def collect_once(self) -> float:
         """One chunk: reads, appends and moves the position in one
         transaction; returns the pause before the next round (none while
         there is more to read). While the log has not grown past the
-        position of the last round, no transaction is opened."""
+        position of the last round, no transaction is opened, and the pause
+        doubles from interval_seconds up to IDLE_PAUSE_MAX_SECONDS."""
         current = _stat(self.path)
         if current is not None and self._read_to == (file_id(current), current.st_size):
-            return self.interval_seconds
+            return self._idle_round()
         self._read_to = None
         with self.engine.begin() as connection:
             stored_file, offset = read_position(connection, self.log_name)
             source = self._file_to_read(stored_file, offset)
             if source is None:
-                return self.interval_seconds  # the gateway has not written yet
+                return self._idle_round()  # the gateway has not written yet
             path, current_file, offset = source
             with open(path, "rb") as log_file:
                 log_file.seek(offset)
                 chunk = log_file.read(CHUNK_BYTES)
             end = chunk.rfind(b"\n") + 1
             if end == 0:
-                return self.interval_seconds
+                # No whole line yet (a log still empty, say): as the last round left it.
+                self._read_to = (current_file, offset)
+                return self._idle_round()
             entries = []
             position = offset
             for raw in chunk[:end].splitlines(keepends=True):
@@ -268,9 +276,15 @@ class GatewayLogCollector:
                     entries.append(entry)
             appended = append_entries(connection, entries)
             write_position(connection, self.log_name, current_file, offset + end)
-        self._read_to = (current_file, offset + end)
+        self._read_to, self._idle_pause = (current_file, offset + end), self.interval_seconds
         log.debug("audit log collected", extra={"bytes": end, "appended": appended})
         return 0.0 if len(chunk) == CHUNK_BYTES else self.interval_seconds
+
+    def _idle_round(self) -> float:
+        """The pause after a round that found nothing new: each one twice the last."""
+        pause = self._idle_pause
+        self._idle_pause = min(2 * pause, max(IDLE_PAUSE_MAX_SECONDS, self.interval_seconds))
+        return pause
 
     def _file_to_read(self, stored_file: str | None, offset: int) -> tuple[str, str, int] | None:
         """(path, file id, offset) to read from: the file last read while it

@@ -209,7 +209,8 @@ class GatewayConfig:
         reads (audit/collector.py) with who the token check said the caller is
         (a client's own identity header counts only when the memo set it), what
         (routes are named: the path may be the rewritten one), the status the
-        client got and from where; no query string, body or response."""
+        client got and from where; no query string, body or response; no line
+        for the gateway's own health checks."""
         if not self.AUDIT_TRAIL:
             return ""
         line = {
@@ -231,6 +232,10 @@ class GatewayConfig:
         }
         access_log = {
             "name": "envoy.access_loggers.file",
+            # The gateway's own /health (answered by its health check filter) is
+            # no audited action, and probes ask it every few seconds: left out,
+            # they neither grow the log nor wake its collector.
+            "filter": {"not_health_check_filter": {}},
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 "path": self.AUDIT_LOG_PATH,

@@ -21,6 +21,10 @@ from .outbox import STANDBY_RETRY_SECONDS, WOKEN_IDLE_WAIT_SECONDS, OutboxRelay
 
 log = logging.getLogger(__name__)
 BILLING_SWEEP_SECONDS = 1.0
+# The sweep's pause after one that found nothing due. Accounts fall pending
+# only while billing is away, and their retries back off to seconds anyway;
+# an idle worker then asks its database every 5 s, not every second.
+BILLING_IDLE_SWEEP_SECONDS = 5.0
 # A relay that writers cannot wake (a database in memory) doubles its pause
 # up to this while there is nothing to publish, so an idle system does not
 # query its outbox every few ms (bench/README.md); the first event after a
@@ -99,14 +103,19 @@ def relay_events(app, stop: threading.Event):
             relay.close()
 
 
+def billing_sweep_pause(due):
+    """The pause before the next sweep, after one that found `due` accounts to open or close."""
+    return BILLING_SWEEP_SECONDS if due else BILLING_IDLE_SWEEP_SECONDS
+
+
 def retry_billing(app, stop: threading.Event):
     """Opens pending accounts and closes the ones recorded for closing."""
     client, retry_max_seconds = app.extensions["billing_client"], app.config["BILLING_RETRY_MAX_SECONDS"]
 
     def sweep():
-        retry_pending_accounts(client, retry_max_seconds)
-        close_recorded_accounts(client, retry_max_seconds)
-        return BILLING_SWEEP_SECONDS
+        _, accounts_due = retry_pending_accounts(client, retry_max_seconds)
+        _, closures_due = close_recorded_accounts(client, retry_max_seconds)
+        return billing_sweep_pause(accounts_due + closures_due)
 
     with app.app_context():
         run_until_stopped(

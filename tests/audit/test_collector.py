@@ -133,10 +133,10 @@ def test_exactly_once_across_restarts_and_partial_lines(app, engine, tmp_path):
         assert verify(connection).ok
 
 
-def test_a_log_that_has_not_grown_costs_no_transaction(app, engine, tmp_path):
+def test_a_log_that_has_not_grown_costs_no_transaction_and_is_looked_at_less_often(app, engine, tmp_path):
     path = tmp_path / "gateway-audit.jsonl"
     write(path, ENVOY_LINES[:3])
-    collector = GatewayLogCollector(path, engine)
+    collector = GatewayLogCollector(path, engine, interval_seconds=0.2)
     collector.collect_once()
     transactions = []
 
@@ -145,15 +145,36 @@ def test_a_log_that_has_not_grown_costs_no_transaction(app, engine, tmp_path):
 
     sa.event.listen(engine, "begin", began)
     try:
-        for _ in range(5):
-            assert collector.collect_once() == collector.interval_seconds
+        assert [collector.collect_once() for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
         assert transactions == []
         write(path, ENVOY_LINES[3:4])
-        collector.collect_once()
+        assert collector.collect_once() == 0.2  # lines came: the short pause again
         assert len(transactions) == 1
+        assert collector.collect_once() == 0.2
     finally:
         sa.event.remove(engine, "begin", began)
     assert len(stored(engine)) == sum(expected is not None for expected in EXPECTED[:4])
+
+
+def test_an_empty_log_costs_one_transaction_until_it_grows(app, engine, tmp_path):
+    """The gateway opens its log at start; an idle gateway writes nothing to it."""
+    path = tmp_path / "gateway-audit.jsonl"
+    path.touch()
+    collector = GatewayLogCollector(path, engine, interval_seconds=0.2)
+    transactions = []
+
+    def began(connection):
+        transactions.append(connection)
+
+    sa.event.listen(engine, "begin", began)
+    try:
+        assert [collector.collect_once() for _ in range(4)] == [0.2, 0.4, 0.8, 1.0]
+        assert len(transactions) == 1
+        write(path, ENVOY_LINES[:1])
+        assert collector.collect_once() == 0.2
+        assert len(transactions) == 2
+    finally:
+        sa.event.remove(engine, "begin", began)
 
 
 def test_a_position_lost_does_not_write_twice(app, engine, tmp_path):

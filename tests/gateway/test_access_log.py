@@ -1,6 +1,7 @@
 """The gateway's per-request log lines follow LOG_LEVEL like every service's:
-all requests at INFO, only server errors (as ERROR lines) above it. Real
-Envoy with the rendered config, no services behind it."""
+all requests at INFO, only server errors (as ERROR lines) above it; its audit
+log has a line for every request but its own health checks. Real Envoy with
+the rendered config, no services behind it."""
 
 import json
 import subprocess
@@ -50,7 +51,7 @@ def gateway(tmp_path):
             timeout=30,
             message="envoy to listen",
         )
-        return process, url
+        return process, url, tmp_path / log_level / "audit" / "gateway-audit.jsonl"
 
     yield start
     for process in started:
@@ -58,7 +59,7 @@ def gateway(tmp_path):
         process.wait()
 
 
-def access_lines(process, url):
+def access_lines(process, url, _audit_log=None):
     """Sends an OK request (/docs/), then a 503 (/health: no service is up); returns the log lines."""
     assert requests.get(f"{url}/docs/", timeout=5).status_code == 200
     assert requests.get(f"{url}/health", timeout=5).status_code == 503
@@ -70,13 +71,21 @@ def access_lines(process, url):
 
 
 def test_at_info_every_request_is_logged(gateway):
-    process, url = gateway("INFO")
-    lines = access_lines(process, url)
+    lines = access_lines(*gateway("INFO"))
     assert ("INFO", "/docs/", 200) in lines and ("INFO", "/health", 503) in lines
 
 
 def test_above_info_only_server_errors_are_logged_as_errors(gateway):
-    process, url = gateway("WARNING")
-    lines = access_lines(process, url)
+    lines = access_lines(*gateway("WARNING"))
     assert ("ERROR", "/health", 503) in lines
     assert not [line for line in lines if line[2] < 500]
+
+
+def test_the_audit_log_leaves_out_the_gateways_own_health_checks(gateway):
+    process, url, audit_log = gateway("INFO")
+    for path in ("/health", "/docs/", "/health", "/api/patients"):
+        requests.get(f"{url}{path}", timeout=5)
+    # The stdout log, flushed with the audit log, shows that every request was logged by now.
+    access_lines(process, url)
+    audited = {line["path"] for line in map(json.loads, audit_log.read_text().splitlines())}
+    assert audited == {"/docs/", "/api/patients"}

@@ -6,6 +6,7 @@ and PostgreSQL."""
 
 import sqlite3
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from patient.account_closures import AccountReconciler, close_recorded_accounts,
 from patient.config import Config
 from patient.extensions import db
 from patient.models import AccountClosure, Patient
-from patient.worker import retry_billing, run
+from patient.worker import BILLING_IDLE_SWEEP_SECONDS, BILLING_SWEEP_SECONDS, retry_billing, run
 from pms_common.config import ConfigError
 from pms_common.identity import email_key
 from pms_common.kafka import ensure_topics
@@ -247,3 +248,29 @@ def test_the_worker_closes_an_old_orphan_account_by_itself(make_app, billing, br
 def test_the_reconciliations_settings_are_checked(setting, value):
     with pytest.raises(ConfigError, match=setting):
         Config(**{setting: value}).check()
+
+
+def test_a_worker_with_nothing_due_sweeps_seldom_and_still_does_what_falls_due(app, billing):
+    """An idle worker does not ask its database every second; a closure
+    written meanwhile is still done."""
+    with app.app_context():
+        engine = db.engine
+    sweeps = []
+
+    def count_sweeps(_connection, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM account_closures" in statement:
+            sweeps.append(time.monotonic())
+
+    sa.event.listen(engine, "before_cursor_execute", count_sweeps)
+    try:
+        with running(retry_billing, app):
+            time.sleep(3 * BILLING_SWEEP_SECONDS)
+            idle_sweeps = len(sweeps)
+            with engine.begin() as connection:
+                record_closures(connection, [uuid.uuid4()], due_at=utcnow())
+            wait_for(
+                lambda: not closures(app), timeout=2 * BILLING_IDLE_SWEEP_SECONDS, message="the closure done"
+            )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count_sweeps)
+    assert idle_sweeps == 1
