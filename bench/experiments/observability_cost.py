@@ -10,7 +10,9 @@ Options: --seconds 3 (each run in a slice), --connections 16, --cycles 8,
 system twice: the copy's ratios to the first are what the host's noise alone
 gives; a fourth system would take more than PostgreSQL's 100 connections),
 --reverse (the systems started in the reverse order: on a host where the
-system started first costs more, a run each way cancels that).
+system started first costs more, a run each way cancels that), --split
+(instead, metrics on, tracing with no trace sampled and tracing at 10 %:
+what every request pays for tracing apart from what the sampled tenth adds).
 
 Every setting's system runs at once, each on a fresh PostgreSQL database.
 Each cycle gives each system in turn one slice of load (P1's round: direct,
@@ -68,15 +70,30 @@ def otlp_collector(collector=None):
         server.stop(None)
 
 
+def tracing(endpoint, ratio):
+    """Metrics and tracing, a `ratio` of the traces sampled, exported to `endpoint`."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+    }
+
+
 def settings(endpoint):
     return {
         "metrics off": {"PMS_METRICS": "off"},
         "metrics on": {},
-        "metrics + tracing 10 %": {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-            "OTEL_TRACES_SAMPLER_ARG": "0.1",
-        },
+        "metrics + tracing 10 %": tracing(endpoint, 0.1),
+    }
+
+
+def sampling_split(endpoint):
+    """Tracing's cost in two: what every request pays (tracing on, no trace
+    sampled) and what the sampled tenth adds, both against metrics on."""
+    return {
+        "metrics on": {},
+        "metrics + tracing, none sampled": tracing(endpoint, 0.0),
+        "metrics + tracing 10 %": tracing(endpoint, 0.1),
     }
 
 
@@ -210,6 +227,12 @@ def arguments(argv, description):
         "this cancels what starting first or last does to a system",
     )
     parser.add_argument(
+        "--split",
+        action="store_true",
+        help="metrics on, tracing with no trace sampled and tracing at 10 %%: what every request pays apart "
+        "from what the sampled tenth adds",
+    )
+    parser.add_argument(
         "--control",
         action="store_true",
         help="instead of the settings, the first one twice: the copy's ratios are the host's noise (an A/A)",
@@ -220,7 +243,7 @@ def arguments(argv, description):
 def main(argv=None):
     args = arguments(argv, __doc__.splitlines()[0])
     with otlp_collector() as (collector, endpoint):
-        compare(settings(endpoint), args, "pms-observability-cost-")
+        compare((sampling_split if args.split else settings)(endpoint), args, "pms-observability-cost-")
         print(f"\nspans received with tracing on: {collector.spans}")
 
 

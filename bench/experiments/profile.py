@@ -1,6 +1,7 @@
 """Where a request's CPU goes: profiles every Python part under load.
 
-    .venv/bin/python -m bench.experiments.profile [--load create|read] [--tracing] [--seconds 12] [--top 25]
+    .venv/bin/python -m bench.experiments.profile [--load create|read] [--tracing [--sampled 0.1]]
+        [--seconds 12] [--top 25]
 
 Starts the system on a fresh PostgreSQL database, puts wrk load through the
 gateway (creates, or authenticated reads by id), and meanwhile samples each
@@ -9,7 +10,9 @@ on a socket or a lock is not counted as work). Prints each part's CPU ms per
 request and its functions by inclusive share of samples; the raw stacks are
 written to bench/profiles/<part>.txt (collapsed format, for flame graph tools).
 With --tracing the system exports traces at 10 % sampling to a collector in
-this process that drops them (observability_cost's setting).
+this process that drops them (observability_cost's setting); --sampled sets
+another ratio (1.0 and 0.0, one run each, put a sampled request's whole
+cost beside an unsampled one's).
 """
 
 import argparse
@@ -23,7 +26,7 @@ from pathlib import Path
 from stack.parts import BIN, ROOT
 
 from .. import figures
-from .observability_cost import otlp_collector, settings
+from .observability_cost import otlp_collector, tracing
 
 PROFILES = ROOT / "bench" / "profiles"
 # The Python parts; gunicorn's master only forks, so its workers and the
@@ -56,6 +59,7 @@ def main(argv=None):
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--tracing", action="store_true", help="export traces at 10 %% sampling")
+    parser.add_argument("--sampled", type=float, default=0.1, help="with --tracing, the ratio sampled")
     args = parser.parse_args(argv)
     PROFILES.mkdir(exist_ok=True)
     admin_url = figures.postgres_admin_url()
@@ -64,7 +68,7 @@ def main(argv=None):
         extra_env = {}
         if args.tracing:
             _collector, endpoint = stack.enter_context(otlp_collector())
-            extra_env = settings(endpoint)["metrics + tracing 10 %"]
+            extra_env = tracing(endpoint, args.sampled)
         result, spies = profile(args, db_url, extra_env, admin_url, db_name)
     report(args, result, spies)
 
