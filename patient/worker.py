@@ -103,11 +103,6 @@ def relay_events(app, stop: threading.Event):
             relay.close()
 
 
-def billing_sweep_pause(due):
-    """The pause before the next sweep, after one that found `due` accounts to open or close."""
-    return BILLING_SWEEP_SECONDS if due else BILLING_IDLE_SWEEP_SECONDS
-
-
 def retry_billing(app, stop: threading.Event):
     """Opens pending accounts and closes the ones recorded for closing."""
     client, retry_max_seconds = app.extensions["billing_client"], app.config["BILLING_RETRY_MAX_SECONDS"]
@@ -115,7 +110,7 @@ def retry_billing(app, stop: threading.Event):
     def sweep():
         _, accounts_due = retry_pending_accounts(client, retry_max_seconds)
         _, closures_due = close_recorded_accounts(client, retry_max_seconds)
-        return billing_sweep_pause(accounts_due + closures_due)
+        return BILLING_SWEEP_SECONDS if accounts_due or closures_due else BILLING_IDLE_SWEEP_SECONDS
 
     with app.app_context():
         run_until_stopped(
