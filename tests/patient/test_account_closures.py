@@ -273,4 +273,4 @@ def test_a_worker_with_nothing_due_sweeps_seldom_and_still_does_what_falls_due(a
             )
     finally:
         sa.event.remove(engine, "before_cursor_execute", count_sweeps)
-    assert idle_sweeps == 1
+    assert idle_sweeps <= 1  # the one at the start; a sweep a second would have made three
