@@ -18,6 +18,7 @@ from pms_common.child import ChildFailed, run_in_child
 from pms_common.serve import LoopProcess
 from pms_common.status import read_status, status_path
 from pms_common.worker import DATABASE, FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, PeerUnavailable
+from stack.config import free_ports
 from tests.support import free_port, wait_for
 from tests.test_web_start import REPO, WebPart
 
@@ -141,9 +142,12 @@ def test_each_loop_runs_apart_by_its_own_command_and_stops_on_sigterm(tmp_path, 
         "PMS_DATA_DIR": str(tmp_path),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'loop.db'}",
         "KAFKA_BOOTSTRAP_SERVERS": own_broker.bootstrap,
-        "BILLING_PORT": str(free_port()),
-        "PATIENT_WORKER_METRICS_PORT": str(free_port()),
-        "ANALYTICS_CONSUMER_METRICS_PORT": str(free_port()),
+        **{
+            setting: str(port)
+            for setting, port in free_ports(
+                ["BILLING_PORT", "PATIENT_WORKER_METRICS_PORT", "ANALYTICS_CONSUMER_METRICS_PORT"]
+            ).items()
+        },
         "AUDIT_LOG_PATH": str(tmp_path / "gateway-audit.jsonl"),
     }
     loop = subprocess.Popen(

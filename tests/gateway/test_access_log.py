@@ -11,8 +11,9 @@ import pytest
 import requests
 
 from gateway.render import render
+from stack.config import free_ports
 from stack.parts import BIN
-from tests.support import free_port, wait_for
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def gateway(tmp_path):
     started = []
 
     def start(log_level):
-        ports = {"GATEWAY_PORT": free_port(), "ENVOY_ADMIN_PORT": free_port()}
+        ports = free_ports(["GATEWAY_PORT", "ENVOY_ADMIN_PORT"])
         config = render(
             tmp_path / log_level / "envoy.yaml",
             {

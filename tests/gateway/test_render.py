@@ -9,8 +9,9 @@ import yaml
 
 from gateway.render import DEV_CORS_ORIGINS, GatewayConfig, render
 from pms_common.config import ConfigError
+from stack.config import free_ports
 from stack.parts import BIN
-from tests.support import free_port, wait_for
+from tests.support import wait_for
 
 
 def cors_policy(environ):
@@ -136,7 +137,7 @@ def secure_gateway(tmp_path):
     """Real Envoy with a rendered config: HTTPS on the gateway's port with a
     fresh self-signed certificate, and the stats listener; no services behind."""
     cert_file, key_file = self_signed_certificate(tmp_path)
-    ports = {"GATEWAY_PORT": free_port(), "ENVOY_ADMIN_PORT": free_port(), "ENVOY_STATS_PORT": free_port()}
+    ports = free_ports(["GATEWAY_PORT", "ENVOY_ADMIN_PORT", "ENVOY_STATS_PORT"])
     config = render(
         tmp_path / "envoy" / "envoy.yaml",
         {
