@@ -1,5 +1,6 @@
 """`python -m audit`: migrate, then serve the API with gunicorn (and the
-consumer and the gateway log's collector beside it with BACKGROUND_LOOPS=beside);
+consumer and the gateway log's collector beside it, in one process, with
+BACKGROUND_LOOPS=beside);
 `python -m audit migrate`: migrate only; `python -m audit archive --before
 TIME --out FILE`: export and remove entries past their retention."""
 
@@ -29,7 +30,8 @@ def main(argv=None) -> None:
             run_web_service,
             create_app=create_app,
             migrations_dir=MIGRATIONS_DIR,
-            background=["audit.consumer:CONSUMER", "audit.collector:COLLECTOR"],
+            # One process for both loops: each alone would cost its own memory.
+            background=[("audit.consumer:CONSUMER", "audit.collector:COLLECTOR")],
         ),
         {"migrate": Migrate(migrate_web_app(create_app, MIGRATIONS_DIR)), "archive": Archive(archive_engine)},
         argv,

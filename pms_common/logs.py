@@ -19,6 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The part a thread works for, when it is not its process's (background loops
+# that share one process: pms_common.serve); its lines name that part.
+part_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("part", default=None)
 
 
 def _no_trace() -> str | None:
@@ -46,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
-            "service": self.service,
+            "service": part_var.get() or self.service,
             "logger": record.name,
             "message": record.getMessage(),
         }

@@ -16,11 +16,13 @@ place of a killed one takes the port over without refusing a connection
 (pms_common.listener).
 
 With BACKGROUND_LOOPS=beside the master also forks the service's background
-loops (`Background`: its outbox relay, its consumers), one process each,
-after its workers: they share the master's pages as the workers do, instead
-of importing the whole service again in a process of their own. The master
-starts a loop again when it dies (after a pause that grows while it keeps
-dying young) and stops it with the workers."""
+loops (`Background`: its outbox relay, its consumers) after its workers: they
+share the master's pages as the workers do, instead of importing the whole
+service again in a process of their own. Each loop gets a process, or
+several loops named together share one, a thread each (a forked process
+costs its own 10 MiB however little it does). The master starts a loop's
+process again when it dies (after a pause that grows while it keeps dying
+young) and stops it with the workers."""
 
 from __future__ import annotations
 
@@ -49,11 +51,11 @@ from .entry import run_main
 from .freeze import freeze_start_up_objects
 from .lifeline import die_with_parent
 from .listener import bind_shared, hand_over, keep_sockets
-from .logs import configure_logging, gunicorn_logconfig
+from .logs import configure_logging, gunicorn_logconfig, part_var
 from .metrics import metrics_dir, start_part_metrics, use_multiprocess
 from .telemetry import start_tracing, stop_tracing
 from .web_app import Migrations
-from .worker import Backoff, Outage, PeerUnavailable, stop_on_signals
+from .worker import Backoff, Outage, PeerUnavailable, StopEvent, stop_on_signals
 
 log = logging.getLogger(__name__)
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
@@ -137,6 +139,20 @@ def load_background(name: str) -> Background:
     return background
 
 
+# One forked process's loops: a Background's "module:attribute" name, or a
+# tuple of them for loops that share the process.
+LoopNames = str | tuple[str, ...]
+
+
+def load_loops(names: LoopNames) -> tuple[Background, ...]:
+    """The Backgrounds of one process. Loops that share a process share its
+    metrics folder too, so at most one of them serves metrics of its own."""
+    backgrounds = tuple(load_background(name) for name in ((names,) if isinstance(names, str) else names))
+    if sum(background.metrics_port_setting is not None for background in backgrounds) > 1:
+        raise ValueError(f"loops sharing a process serve one metrics port at most: {names}")
+    return backgrounds
+
+
 # A loop that dies sooner than this after its start is started again only
 # after a pause, doubled each time (up to MAX_DELAY_SECONDS).
 SHORT_LIFE_SECONDS = 10.0
@@ -144,9 +160,9 @@ SHORT_LIFE_SECONDS = 10.0
 
 @dataclass
 class LoopProcess:
-    """The master's record of one background loop."""
+    """The master's record of one process of background loops."""
 
-    background: Background
+    backgrounds: tuple[Background, ...]
     pid: int = 0
     started_at: float = 0.0
     next_start_at: float = 0.0
@@ -165,16 +181,22 @@ class LoopProcess:
             self.next_start_at = now + self.backoff.next_delay()
         return lived
 
+    @property
+    def parts(self) -> str:
+        """The parts its loops work as, for the logs."""
+        return "+".join(background.part for background in self.backgrounds)
+
 
 class ServiceArbiter(Arbiter):
     """gunicorn's master, which also keeps the service's background loops
-    running, each a forked child (as its workers are), and stops them with
-    its workers. A child is found by its own pid: gunicorn's reaping of
-    every child (waitpid(-1)) may claim it first, which counts as its end."""
+    running, each process of them a forked child (as its workers are), and
+    stops them with its workers. A child is found by its own pid: gunicorn's
+    reaping of every child (waitpid(-1)) may claim it first, which counts as
+    its end."""
 
-    def __init__(self, app: Application, loops: Sequence[Background]) -> None:
+    def __init__(self, app: Application, loops: Sequence[tuple[Background, ...]]) -> None:
         super().__init__(app)
-        self.loops = [LoopProcess(background) for background in loops]
+        self.loops = [LoopProcess(backgrounds) for backgrounds in loops]
         self.stopping_loops = False
 
     def manage_workers(self) -> None:
@@ -211,7 +233,7 @@ class ServiceArbiter(Arbiter):
         log.error(
             "background loop died; restarting",
             extra={
-                "part": loop.background.part,
+                "part": loop.parts,
                 "exit_status": exit_status(status),
                 "lived_seconds": round(lived, 1),
                 "restart_in_s": round(max(0.0, loop.next_start_at - time.monotonic()), 1),
@@ -231,7 +253,7 @@ class ServiceArbiter(Arbiter):
             listener.close()
         for worker in self.WORKERS.values():
             worker.tmp.close()
-        code = run_loop(loop.background, self.app.service_config, self.app.application)
+        code = run_loops(loop.backgrounds, self.app.service_config, self.app.application)
         sys.exit(code)
 
     def stop(self, graceful: bool = True) -> None:
@@ -266,31 +288,69 @@ def exit_status(status: int | None) -> int | str | None:
     return os.waitstatus_to_exitcode(status)
 
 
-def start_loop_figures(background: Background, config: WebConfig) -> None:
-    """A loop's metrics (in its own folder, served on its own port, when it
-    has one) and its traces, as its part: forked or apart alike."""
-    if background.metrics_port_setting is not None:
-        port = getattr(config, background.metrics_port_setting)
-        start_part_metrics(config.DATA_DIR, background.part, config.BIND_HOST, port, config.COPY)
-    start_tracing(background.part)
+def start_loop_figures(backgrounds: Sequence[Background], config: WebConfig) -> None:
+    """A process of loops: the metrics of the loop that has a metrics port
+    (in its own folder, served there), and traces as its first loop's part:
+    forked or apart alike."""
+    for background in backgrounds:
+        if background.metrics_port_setting is not None:
+            port = getattr(config, background.metrics_port_setting)
+            start_part_metrics(config.DATA_DIR, background.part, config.BIND_HOST, port, config.COPY)
+    start_tracing(backgrounds[0].part)
 
 
-def run_loop(background: Background, config: WebConfig, app: Flask) -> int:
-    """A forked loop's life: it dies with the master, logs and traces as its
-    part, and runs until SIGTERM; its exit code (1 if it failed)."""
+def run_loops(backgrounds: Sequence[Background], config: WebConfig, app: Flask) -> int:
+    """A forked process of loops: it dies with the master, logs as its loops'
+    parts and traces as the first's, and runs until SIGTERM; its exit code
+    (1 if a loop failed)."""
     die_with_parent()
-    configure_logging(background.part, config.LOG_LEVEL)
+    configure_logging(backgrounds[0].part, config.LOG_LEVEL)
     stop = stop_on_signals()
-    start_loop_figures(background, config)
+    start_loop_figures(backgrounds, config)
     freeze_start_up_objects()
+    try:
+        if len(backgrounds) == 1:
+            return run_work(backgrounds[0], config, app, stop)
+        return run_works_together(backgrounds, config, app, stop)
+    finally:
+        stop_tracing()
+
+
+def run_work(background: Background, config: WebConfig, app: Flask, stop: StopEvent) -> int:
+    """One loop's work until `stop` is set: 0, or 1 when it failed."""
     try:
         background.work(config, app, stop)
     except Exception:
         log.exception("background loop failed", extra={"part": background.part})
         return 1
-    finally:
-        stop_tracing()
     return 0
+
+
+def run_works_together(
+    backgrounds: Sequence[Background], config: WebConfig, app: Flask, stop: StopEvent
+) -> int:
+    """Each loop's work in a thread of its own, its log lines naming its part.
+    The first to end, failed or not, stops the others: the process ends and
+    the master starts it again whole, so no loop runs on alone after another
+    died. 1 if any failed."""
+    codes: list[int] = []
+
+    def run(background: Background) -> None:
+        part_var.set(background.part)
+        try:
+            codes.append(run_work(background, config, app, stop))
+        finally:
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run, args=(background,), name=background.part) for background in backgrounds
+    ]
+    for thread in threads:
+        thread.start()
+    stop.wait()  # set by SIGTERM (this thread's handler) or by a loop that ended
+    for thread in threads:
+        thread.join()
+    return max(codes)
 
 
 def run_loop_apart(
@@ -306,7 +366,7 @@ def run_loop_apart(
     until SIGTERM."""
     config.ensure_data_dir()
     stop = stop_on_signals()
-    start_loop_figures(background, config)
+    start_loop_figures([background], config)
     app = create_app(config)
     try:
         if migrations_dir is not None and not migrate_when_database_answers(app, migrations_dir, None, stop):
@@ -342,7 +402,11 @@ class BuiltApp(Application):
     running the service's background loops beside it (when given)."""
 
     def __init__(
-        self, app: Flask, config: WebConfig, settings: dict[str, Any], loops: Sequence[Background] = ()
+        self,
+        app: Flask,
+        config: WebConfig,
+        settings: dict[str, Any],
+        loops: Sequence[tuple[Background, ...]] = (),
     ) -> None:
         self.application, self.service_config, self.settings, self.loops = app, config, settings, loops
         super().__init__()
@@ -368,12 +432,13 @@ def run_web_service(
     create_app: Callable[[WebConfig], Flask],
     migrations_dir: str | Path,
     seed: Seed | None = None,
-    background: Sequence[str] = (),
+    background: Sequence[LoopNames] = (),
 ) -> None:
     """Builds the app, migrates and seeds its database (waiting for it while
     it is away), and serves it with gunicorn until stopped, with the
-    `background` loops ("module:attribute" of each Background, imported here
-    before the fork) beside it when BACKGROUND_LOOPS=beside. Its workers'
+    `background` loops beside it when BACKGROUND_LOOPS=beside: a process for
+    each item, a Background's "module:attribute" or a tuple of them that
+    share one (imported here, before the fork). Its workers'
     metrics go to the service's folder, emptied first (pms_common.metrics)."""
     use_multiprocess(metrics_dir(config.DATA_DIR, config.SERVICE, config.COPY))
     app = create_app(config)
@@ -385,7 +450,7 @@ def run_web_service(
         for engine in app.extensions["sqlalchemy"].engines.values():
             engine.dispose()
     beside = config.BACKGROUND_LOOPS == BACKGROUND_BESIDE
-    loops = [load_background(name) for name in background] if beside else []
+    loops = [load_loops(names) for names in background] if beside else []
     server = BuiltApp(app, config, gunicorn_settings(config), loops)
     listener = bind_shared(config.BIND_HOST, config.PORT, server.cfg.backlog)
     # Served from the socket bound here; gunicorn owns its descriptor from now on.

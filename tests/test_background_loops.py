@@ -3,11 +3,15 @@ pms_common.serve): forked by its gunicorn master, started again when one
 dies, stopped with it; and a start-up migration run in a child, so that
 alembic never enters the master its workers and loops share."""
 
+import io
+import json
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import psutil
 import pytest
@@ -15,16 +19,17 @@ import sqlalchemy as sa
 
 from analytics.consumer import CONSUMER
 from pms_common.child import ChildFailed, run_in_child
-from pms_common.serve import LoopProcess
+from pms_common.logs import JsonFormatter
+from pms_common.serve import Background, LoopProcess, load_loops, run_works_together
 from pms_common.status import read_status, status_path
-from pms_common.worker import DATABASE, FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, PeerUnavailable
+from pms_common.worker import DATABASE, FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, PeerUnavailable, StopEvent
 from stack.config import free_ports
 from tests.support import free_port, wait_for
 from tests.test_web_start import REPO, WebPart
 
 
 def test_a_loop_that_dies_young_waits_longer_each_time_and_one_that_lived_starts_at_once():
-    loop = LoopProcess(CONSUMER)
+    loop = LoopProcess((CONSUMER,))
     pauses = []
     now = 100.0
     for _ in range(6):
@@ -76,6 +81,110 @@ def test_the_master_forks_its_loop_starts_it_again_when_killed_and_stops_it(tmp_
         assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
     finally:
         part.stop()
+
+
+def loop_pids(tmp_path, parts):
+    try:
+        return {part: read_status(status_path(tmp_path, part))["pid"] for part in parts}
+    except (OSError, ValueError):
+        return None
+
+
+AUDIT_LOOPS = ("audit-consumer", "audit-collector")
+
+
+def test_loops_named_together_share_one_forked_process_and_start_again_together(tmp_path):
+    # audit's consumer and collector: one process, a thread each, each thread's
+    # lines naming its own part. No broker answers: the consumer waits for one.
+    part = WebPart(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'audit.db'}",
+        service="audit",
+        BACKGROUND_LOOPS="beside",
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        AUDIT_LOG_PATH=str(tmp_path / "gateway-audit.jsonl"),
+    )
+    try:
+        first = wait_for(lambda: loop_pids(tmp_path, AUDIT_LOOPS), timeout=60, message="both loops' status")
+        master = psutil.Process(part.process.pid)
+        assert len(set(first.values())) == 1, first
+        shared = first["audit-consumer"]
+        assert [child.pid for child in master.children()].count(shared) == 1
+        assert len(master.children()) == 2  # the web worker and the loops' process
+        wait_for(lambda: part.said("audit collector started"), timeout=30, message="the collector's line")
+        assert {line["service"] for line in part.said("audit collector started")} == {"audit-collector"}
+        assert {line["service"] for line in part.said("start-up objects frozen")} >= {"audit-consumer"}
+        os.kill(shared, signal.SIGKILL)
+
+        def again():
+            pids = loop_pids(tmp_path, AUDIT_LOOPS)
+            return pids if pids and shared not in pids.values() else None
+
+        second = wait_for(again, timeout=30, message="the loops forked again")
+        assert len(set(second.values())) == 1, second
+        assert second["audit-consumer"] in [child.pid for child in master.children()]
+        died = part.said("background loop died; restarting")
+        assert [(line["part"], line["exit_status"]) for line in died] == [
+            ("audit-consumer+audit-collector", "SIGKILL")
+        ]
+        assert part.stop() == 0
+    finally:
+        part.stop()
+
+
+def test_a_loop_that_fails_ends_the_others_of_its_process_and_its_exit_code_says_so(caplog):
+    # The master starts the process again whole: no loop runs on alone.
+    stopped = []
+
+    def fails(config, app, stop):
+        raise RuntimeError("the store is gone")
+
+    def waits(config, app, stop):
+        stop.wait()
+        stopped.append(True)
+
+    stop = StopEvent()
+    code = run_works_together([Background("fails", fails), Background("waits", waits)], None, None, stop)
+    assert code == 1
+    assert stopped == [True]
+    assert stop.is_set()
+    failed = [record for record in caplog.records if record.getMessage() == "background loop failed"]
+    assert [record.part for record in failed] == ["fails"]
+
+
+def test_loops_that_end_cleanly_together_exit_zero_and_each_logs_as_its_part():
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter("the-process"))
+    logger = logging.getLogger("tests.loops")
+    logger.addHandler(handler)
+
+    def logs_and_waits(config, app, stop):
+        logger.warning("working")
+        stop.wait()
+
+    stop = StopEvent()
+    threading.Timer(0.5, stop.set).start()  # as SIGTERM's handler would
+    loops = [Background("one", logs_and_waits), Background("two", logs_and_waits)]
+    try:
+        assert run_works_together(loops, None, None, stop) == 0
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    services = [(line["message"], line["service"]) for line in map(json.loads, lines.getvalue().splitlines())]
+    assert sorted(services) == [("after", "the-process"), ("working", "one"), ("working", "two")]
+
+
+def test_loops_that_share_a_process_serve_one_metrics_port_at_most():
+    assert [background.part for background in load_loops("patient.worker:WORKER")] == ["patient-worker"]
+    assert [
+        background.part for background in load_loops(("audit.consumer:CONSUMER", "audit.collector:COLLECTOR"))
+    ] == [
+        "audit-consumer",
+        "audit-collector",
+    ]
+    with pytest.raises(ValueError, match="one metrics port at most"):
+        load_loops(("patient.worker:WORKER", "analytics.consumer:CONSUMER"))
 
 
 MIGRATE_IN_A_CHILD = """

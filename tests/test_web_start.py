@@ -21,19 +21,19 @@ LOG_LINES = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": Tru
 
 
 class WebPart:
-    """`python -m analytics` (its API) on a free port, its JSON log lines kept."""
+    """`python -m <service>` (analytics by default) on a free port, its JSON log lines kept."""
 
-    def __init__(self, tmp_path, database_url, **settings):
+    def __init__(self, tmp_path, database_url, service="analytics", **settings):
         self.port = free_port()
         env = {
             **os.environ,
-            "ANALYTICS_PORT": str(self.port),
+            f"{service.upper()}_PORT": str(self.port),
             "DATABASE_URL": database_url,
             "PMS_DATA_DIR": str(tmp_path),
             "WEB_CONCURRENCY": "1",
             **settings,
         }
-        self.process = subprocess.Popen([sys.executable, "-m", "analytics"], cwd=REPO, env=env, **LOG_LINES)
+        self.process = subprocess.Popen([sys.executable, "-m", service], cwd=REPO, env=env, **LOG_LINES)
         self.lines = []
         threading.Thread(target=self._read, daemon=True).start()
 
