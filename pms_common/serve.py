@@ -326,13 +326,23 @@ def run_work(background: Background, config: WebConfig, app: Flask, stop: StopEv
     return 0
 
 
+# How long the other loops of a process have to stop once one has ended; a
+# loop still running then is left behind (the process exits without it), so
+# that one stuck loop cannot keep its failed sibling from starting again.
+SIBLINGS_STOP_SECONDS = 20.0
+
+
 def run_works_together(
-    backgrounds: Sequence[Background], config: WebConfig, app: Flask, stop: StopEvent
+    backgrounds: Sequence[Background],
+    config: WebConfig,
+    app: Flask,
+    stop: StopEvent,
+    stop_seconds: float = SIBLINGS_STOP_SECONDS,
 ) -> int:
     """Each loop's work in a thread of its own, its log lines naming its part.
     The first to end, failed or not, stops the others: the process ends and
     the master starts it again whole, so no loop runs on alone after another
-    died. 1 if any failed."""
+    died. 1 if any failed or did not stop within `stop_seconds`."""
     codes: list[int] = []
 
     def run(background: Background) -> None:
@@ -342,14 +352,21 @@ def run_works_together(
         finally:
             stop.set()
 
+    # Daemon threads: the process's exit does not wait for a loop left behind.
     threads = [
-        threading.Thread(target=run, args=(background,), name=background.part) for background in backgrounds
+        threading.Thread(target=run, args=(background,), name=background.part, daemon=True)
+        for background in backgrounds
     ]
     for thread in threads:
         thread.start()
     stop.wait()  # set by SIGTERM (this thread's handler) or by a loop that ended
+    deadline = time.monotonic() + stop_seconds
     for thread in threads:
-        thread.join()
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    if stuck:
+        log.error("background loop did not stop; its process ends without it", extra={"parts": stuck})
+        return 1
     return max(codes)
 
 

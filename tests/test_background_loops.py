@@ -152,6 +152,26 @@ def test_a_loop_that_fails_ends_the_others_of_its_process_and_its_exit_code_says
     assert [record.part for record in failed] == ["fails"]
 
 
+def test_a_loop_that_does_not_stop_is_left_behind_so_its_failed_sibling_starts_again(caplog):
+    never = threading.Event()
+
+    def fails(config, app, stop):
+        raise RuntimeError("the store is gone")
+
+    def ignores_the_stop(config, app, stop):
+        never.wait()
+
+    loops = [Background("fails", fails), Background("stuck", ignores_the_stop)]
+    try:
+        assert run_works_together(loops, None, None, StopEvent(), stop_seconds=0.5) == 1
+        stuck = [
+            record for record in caplog.records if record.getMessage().startswith("background loop did not")
+        ]
+        assert [record.parts for record in stuck] == [["stuck"]]
+    finally:
+        never.set()
+
+
 def test_loops_that_end_cleanly_together_exit_zero_and_each_logs_as_its_part():
     lines = io.StringIO()
     handler = logging.StreamHandler(lines)
