@@ -7,6 +7,7 @@ import socket
 import subprocess
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -15,9 +16,39 @@ from flask.testing import FlaskClient
 
 from pms_common.identity import ROLE_HEADER, USER_HEADER
 from stack.harness import free_port, wait_for
+from stack.parts import BIN
 
 POSTGRES_URL_VAR = "PMS_TEST_POSTGRES_URL"
 TEST_CALLER = "tester@example.com"
+
+
+def start_envoy(config, log_file, stdout=subprocess.DEVNULL, text=False):
+    """Real Envoy on a rendered config, one worker, its own log (errors only) in `log_file`."""
+    with open(log_file, "w") as log:
+        return subprocess.Popen(
+            [
+                str(BIN / "envoy"),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "error",
+            ],
+            stdout=stdout,
+            stderr=log,
+            text=text,
+        )
+
+
+def wait_for_envoy(process, answers, log_file, message="envoy to be ready"):
+    """Waits until answers() is truthy; fails at once, with Envoy's log, if
+    Envoy exits first (a port taken since it was picked, say)."""
+    wait_for(lambda: process.poll() is not None or answers(), timeout=30, message=message)
+    assert process.poll() is None, (
+        f"envoy exited ({process.returncode}): {Path(log_file).read_text()[-2000:]}"
+    )
 
 
 def identity_headers(role, email=TEST_CALLER):

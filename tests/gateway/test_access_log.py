@@ -12,8 +12,7 @@ import requests
 
 from gateway.render import render
 from stack.config import free_ports
-from stack.parts import BIN
-from tests.support import wait_for
+from tests.support import start_envoy, wait_for_envoy
 
 
 @pytest.fixture
@@ -30,27 +29,15 @@ def gateway(tmp_path):
                 **{key: str(value) for key, value in ports.items()},
             },
         )
-        process = subprocess.Popen(
-            [
-                str(BIN / "envoy"),
-                "-c",
-                str(config),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "error",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        log_file = tmp_path / log_level / "envoy.log"
+        process = start_envoy(config, log_file, stdout=subprocess.PIPE, text=True)
         started.append(process)
         url = f"http://127.0.0.1:{ports['GATEWAY_PORT']}"
-        wait_for(
+        wait_for_envoy(
+            process,
             lambda: requests.get(f"{url}/docs/", timeout=1).status_code == 200,
-            timeout=30,
-            message="envoy to listen",
+            log_file,
+            "envoy to listen",
         )
         return process, url, tmp_path / log_level / "audit" / "gateway-audit.jsonl"
 

@@ -11,7 +11,7 @@ from gateway.render import DEV_CORS_ORIGINS, GatewayConfig, render
 from pms_common.config import ConfigError
 from stack.config import free_ports
 from stack.parts import BIN
-from tests.support import wait_for
+from tests.support import start_envoy, wait_for, wait_for_envoy
 
 
 def cors_policy(environ):
@@ -146,25 +146,13 @@ def secure_gateway(tmp_path):
             **{key: str(value) for key, value in ports.items()},
         },
     )
-    process = subprocess.Popen(
-        [
-            str(BIN / "envoy"),
-            "-c",
-            str(config),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_file = tmp_path / "envoy.log"
+    process = start_envoy(config, log_file)
     try:
-        wait_for(
+        wait_for_envoy(
+            process,
             lambda: requests.get(f"http://127.0.0.1:{ports['ENVOY_ADMIN_PORT']}/ready", timeout=1).ok,
-            timeout=30,
-            message="envoy to be ready",
+            log_file,
         )
         yield ports, cert_file
     finally:
