@@ -62,9 +62,13 @@ class KafkaSettings:
 
     def client_config(self) -> dict[str, Any]:
         """The librdkafka settings every client (producer, consumer, admin) needs."""
+        # No client metrics pushed to the broker (KIP-714): ours are Prometheus's,
+        # and with it on each client asks for a subscription every few seconds.
+        common = {"enable.metrics.push": False}
         if self.security == PLAINTEXT:
-            return {}
+            return common
         return {
+            **common,
             "security.protocol": "SASL_SSL",
             "sasl.mechanism": "OAUTHBEARER",
             "oauth_cb": msk_iam_token_callback(self.region),

@@ -1,0 +1,127 @@
+"""What our Kafka clients ask of the broker: a real broker (Tansu) behind a
+proxy that reads the API key of every request a client sends it."""
+
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from pms_common.kafka import consumer_config, ensure_topics, producer_config
+from stack.config import free_ports
+from stack.parts import tansu_command
+from tests.support import wait_for
+
+FETCH, HEARTBEAT, GET_TELEMETRY_SUBSCRIPTIONS = 1, 12, 71
+
+
+class RequestCountingProxy:
+    """Forwards every connection on `port` to the broker and counts the
+    requests clients send by API key (a request: a 4-byte size, then the
+    API key in its first two bytes)."""
+
+    def __init__(self, port, broker_port):
+        self.port, self.broker_port = port, broker_port
+        self.requests = Counter()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            broker = socket.create_connection(("127.0.0.1", self.broker_port))
+            threading.Thread(target=self._requests, args=(client, broker), daemon=True).start()
+            threading.Thread(target=self._pump, args=(broker, client), daemon=True).start()
+
+    def _requests(self, source, target):
+        pending = b""
+        for chunk in iter(lambda: _read(source), b""):
+            target.sendall(chunk)
+            pending += chunk
+            while len(pending) >= 6:
+                size = int.from_bytes(pending[:4], "big")
+                if len(pending) < 4 + size:
+                    break
+                with self._lock:
+                    self.requests[int.from_bytes(pending[4:6], "big")] += 1
+                pending = pending[4 + size :]
+        _close(target)
+
+    @staticmethod
+    def _pump(source, target):
+        for chunk in iter(lambda: _read(source), b""):
+            target.sendall(chunk)
+        _close(target)
+
+    def counts(self):
+        with self._lock:
+            return Counter(self.requests)
+
+    def close(self):
+        self._listener.close()
+
+
+def _read(sock):
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def _close(sock):
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def counted_broker():
+    """A broker that advertises the proxy's address, so that every connection
+    a client opens goes through it; yields (bootstrap, proxy)."""
+    ports = free_ports(["proxy", "broker"])
+    command = tansu_command(ports["broker"])
+    command[command.index("--advertised-listener-url") + 1] = f"tcp://127.0.0.1:{ports['proxy']}"
+    broker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxy = RequestCountingProxy(ports["proxy"], ports["broker"])
+    try:
+        wait_for(
+            lambda: socket.create_connection(("127.0.0.1", ports["broker"]), timeout=0.5), message="broker"
+        )
+        yield f"127.0.0.1:{ports['proxy']}", proxy
+    finally:
+        proxy.close()
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_our_clients_ask_the_broker_for_no_client_telemetry(counted_broker):
+    # librdkafka pushes client metrics (KIP-714) unless told not to: each
+    # client asks the broker for a telemetry subscription every few seconds,
+    # requests an idle system's broker answers for nothing.
+    bootstrap, proxy = counted_broker
+    topic = f"requests-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [topic])
+    producer = Producer(producer_config(bootstrap))
+    producer.produce(topic, b"an event")
+    assert producer.flush(10) == 0
+    consumer = Consumer(consumer_config(bootstrap, f"group-{topic}", **{"fetch.wait.max.ms": 200}))
+    consumer.subscribe([topic])
+    try:
+        wait_for(lambda: consumer.poll(0.5), timeout=30, message="the event")
+        deadline = time.monotonic() + 5  # idle: fetches and heartbeats go on
+        while time.monotonic() < deadline:
+            consumer.poll(0.5)
+    finally:
+        consumer.close()
+    counts = proxy.counts()
+    assert counts[FETCH] >= 10 and counts[HEARTBEAT] >= 1, counts  # the clients' requests went through it
+    assert counts[GET_TELEMETRY_SUBSCRIPTIONS] == 0, counts
