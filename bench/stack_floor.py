@@ -39,7 +39,7 @@ from pms_common.db import create_engine
 from pms_common.events import CREATED, PatientEvent
 from pms_common.kafka import consumer_config, ensure_topics, producer_config
 from stack.harness import free_port, wait_for
-from stack.parts import BIN, GRPC_EXPERIMENTS, ROOT, tansu_command, tcp_open
+from stack.parts import GRPC_EXPERIMENTS, ROOT, envoy_command, tansu_command, tcp_open
 
 from .figures import (
     CREATE_SCRIPT,
@@ -112,18 +112,7 @@ def http_floor(work, seconds, connections):
         cwd=ROOT,
         env=env,
     )
-    envoy = subprocess.Popen(
-        [
-            str(BIN / "envoy"),
-            "-c",
-            str(config),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "error",
-        ]
-    )
+    envoy = subprocess.Popen(envoy_command(config, "error"))
     try:
         base = f"http://127.0.0.1:{envoy_port}"
         wait_for(

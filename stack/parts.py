@@ -71,6 +71,26 @@ def tansu_command(port):
     ]
 
 
+def envoy_command(config, log_level, *options):
+    """Envoy on `config`, logging at `log_level`, with `options` added. No hot
+    restart: supervisord restarts Envoy, and several Envoys (a test run beside
+    `make run`) must not share its shared-memory domain socket. One worker
+    thread carries a laptop's traffic many times over, costs less CPU per
+    request and leaves the cores to the services (see bench/README.md,
+    "Service kit figures")."""
+    return [
+        str(BIN / "envoy"),
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--log-level",
+        log_level,
+        *options,
+    ]
+
+
 def tcp_open(port):
     with socket.create_connection((LOOPBACK, port), timeout=0.5):
         return True
@@ -184,28 +204,17 @@ def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
             priority=30,
             stop_phase=INTAKE_STOP,
         ),
-        # No hot restart: supervisord restarts Envoy, and several Envoys (a test run
-        # beside `make run`) must not share its shared-memory domain socket. One
-        # worker thread carries a laptop's traffic many times over, costs less CPU
-        # per request and leaves the cores to the services (see bench/README.md,
-        # "Service kit figures").
         Part(
             "gateway",
-            [
-                str(BIN / "envoy"),
-                "-c",
-                str(envoy_config),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
+            envoy_command(
+                envoy_config,
+                "warn",
                 # The audit log reaches its file (and the audit trail) within a second, not ten.
                 "--file-flush-interval-msec",
                 "1000",
-                "--log-level",
-                "warn",
                 "--log-format",
                 '{"time":"%Y-%m-%dT%T.%eZ","level":"%l","service":"gateway","logger":"%n","message":"%j"}',
-            ],
+            ),
             gateway,
             priority=50,
             stop_phase=GATEWAY_STOP,

@@ -16,30 +16,16 @@ from flask.testing import FlaskClient
 
 from pms_common.identity import ROLE_HEADER, USER_HEADER
 from stack.harness import free_port, wait_for
-from stack.parts import BIN
+from stack.parts import envoy_command
 
 POSTGRES_URL_VAR = "PMS_TEST_POSTGRES_URL"
 TEST_CALLER = "tester@example.com"
 
 
 def start_envoy(config, log_file, stdout=subprocess.DEVNULL, text=False):
-    """Real Envoy on a rendered config, one worker, its own log (errors only) in `log_file`."""
+    """Real Envoy on a rendered config, as the gateway runs, its own log (errors only) in `log_file`."""
     with open(log_file, "w") as log:
-        return subprocess.Popen(
-            [
-                str(BIN / "envoy"),
-                "-c",
-                str(config),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "error",
-            ],
-            stdout=stdout,
-            stderr=log,
-            text=text,
-        )
+        return subprocess.Popen(envoy_command(config, "error"), stdout=stdout, stderr=log, text=text)
 
 
 def wait_for_envoy(process, answers, log_file, message="envoy to be ready"):
