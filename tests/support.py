@@ -23,7 +23,7 @@ TEST_CALLER = "tester@example.com"
 
 
 def start_envoy(config, log_file, stdout=subprocess.DEVNULL, text=False):
-    """Real Envoy on a rendered config, as the gateway runs, its own log (errors only) in `log_file`."""
+    """Real Envoy on a rendered config (stack.parts.envoy_command), its errors in `log_file`."""
     with open(log_file, "w") as log:
         return subprocess.Popen(envoy_command(config, "error"), stdout=stdout, stderr=log, text=text)
 
