@@ -39,6 +39,7 @@ when a holder loses its database session while it lives with a batch in
 flight, and another relay takes the lease and sends that batch before the
 broker appended the first copy; consumers drop such a repeat by its event id."""
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -541,7 +542,9 @@ class OutboxRelay:
             while True:
                 try:
                     traced = instrumented(row.trace_context)
-                    with continued_from(row.trace_context):
+                    # Only a traced send reads the trace from the context; an
+                    # untraced one carries the stored traceparent in its headers.
+                    with continued_from(row.trace_context) if traced else contextlib.nullcontext():
                         (self.producer if traced else self.untraced_producer).produce(
                             self.topic,
                             key=str(row.patient_id),

@@ -5,6 +5,7 @@ log line may say about a database error is in db_errors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import Pool
 
 from .config import normalize_database_url
-from .telemetry import recording_trace, tracing_configured
+from .telemetry import recording_trace, tracing_configured, untraced
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -107,9 +108,13 @@ def engine_options(url: str, *, autocommit: bool = False) -> dict[str, Any]:
 
 def create_engine(url: str, *, autocommit: bool = False) -> Engine:
     """An engine a part builds outside Flask-SQLAlchemy (billing, scripts),
-    set up as Flask-SQLAlchemy's are: same options, pragmas and idle check."""
+    set up as Flask-SQLAlchemy's are: same options, pragmas and idle check.
+    Its statements are traced only once it is given to `instrument_engines`:
+    the SQLAlchemy instrumentation, once on in a process, would otherwise
+    trace every engine made after it (the relay's lease, a migration's)."""
     url = normalize_database_url(url)
-    return sa.create_engine(url, **engine_options(url, autocommit=autocommit))
+    with untraced(None) if tracing_configured() else contextlib.nullcontext():
+        return sa.create_engine(url, **engine_options(url, autocommit=autocommit))
 
 
 def database_binds(url: str) -> dict[str, dict[str, Any]]:

@@ -111,6 +111,13 @@ with engine.connect() as connection:
     outside_fires_events = connection._has_events or engine._has_events
 web = [(span.name, format(span.context.trace_id, "032x")) for span in spans.get_finished_spans()]
 spans.clear()
+# An engine made later through pms_common.db (the relay's lease) is not traced behind
+# instrument_engines' back, even inside a sampled trace.
+late_engine = db.create_engine("sqlite://")
+with telemetry.continued_from(sampled), late_engine.connect() as connection:
+    connection.execute(sa.text("SELECT 2"))
+late = [span.name for span in spans.get_finished_spans()]
+spans.clear()
 
 class Message:
     def __init__(self, traceparent):
@@ -207,7 +214,7 @@ rpc_async = [span.name for span in spans.get_finished_spans()]
 print(json.dumps({"web": web, "seen": seen, "consumer": consumer, "instrumented": instrumented,
                   "called": called, "rpc": rpc, "called_async": called_async, "rpc_async": rpc_async,
                   "called_by_client": called_by_client, "client_rpc": client_rpc,
-                  "otel_pool_listeners": otel_pool_listeners,
+                  "otel_pool_listeners": otel_pool_listeners, "late": late,
                   "outside_fires_events": outside_fires_events}))
 """
 
@@ -229,6 +236,7 @@ def test_only_a_sampled_trace_goes_through_the_instrumentations(tmp_path):
     # "connect" span for the pool's checkout: pms_common.db.instrument_engines drops it).
     assert sorted(result["web"]) == [["GET /patients/<name>", trace_id], ["SELECT", trace_id]]
     assert result["otel_pool_listeners"] == []
+    assert result["late"] == []
     # The others skip the instrumentations, their statements SQLAlchemy's event dispatch too;
     # the unsampled one's log lines still carry its trace id.
     assert result["seen"] == {
