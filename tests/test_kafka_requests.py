@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer
 
 from pms_common.kafka import consumer_config, ensure_topics, producer_config
 from stack.config import free_ports
-from stack.parts import tansu_command
+from stack.parts import tansu_command, tcp_open
 from tests.support import wait_for
 
 FETCH, HEARTBEAT, GET_TELEMETRY_SUBSCRIPTIONS = 1, 12, 71
@@ -88,14 +88,11 @@ def counted_broker():
     """A broker that advertises the proxy's address, so that every connection
     a client opens goes through it; yields (bootstrap, proxy)."""
     ports = free_ports(["proxy", "broker"])
-    command = tansu_command(ports["broker"])
-    command[command.index("--advertised-listener-url") + 1] = f"tcp://127.0.0.1:{ports['proxy']}"
+    command = tansu_command(ports["broker"], advertised_port=ports["proxy"])
     broker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proxy = RequestCountingProxy(ports["proxy"], ports["broker"])
     try:
-        wait_for(
-            lambda: socket.create_connection(("127.0.0.1", ports["broker"]), timeout=0.5), message="broker"
-        )
+        wait_for(lambda: tcp_open(ports["broker"]), message="broker")
         yield f"127.0.0.1:{ports['proxy']}", proxy
     finally:
         proxy.close()
