@@ -108,6 +108,21 @@ def grpc_serving(port):
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def gateway_healthy_ports(admin_port):
+    """The ports of the hosts the gateway's own health checks find healthy,
+    from its admin interface (a line per host and fact in `/clusters`:
+    `patient::127.0.0.1:4000::health_flags::healthy`)."""
+    response = _http.request("GET", f"http://{LOOPBACK}:{admin_port}/clusters")
+    if response.status != 200:
+        raise OSError(f"the gateway's admin interface answered {response.status}")
+    ports = set()
+    for line in response.data.decode().splitlines():
+        _cluster, host, fact, value = (line.split("::") + ["", "", ""])[:4]
+        if fact == "health_flags" and value == "healthy":
+            ports.add(int(host.rpartition(":")[2]))
+    return ports
+
+
 def readiness_problem(url):
     """None when the readiness URL answers 200; else the checks it says are down."""
     response = _http.request("GET", url)
@@ -132,6 +147,9 @@ class Part:
     env: dict = field(default_factory=dict)
     # The supervised part whose process runs this loop; None: supervisord runs it.
     runs_in: str | None = None
+    # The port on which the gateway health-checks the part, by the same check
+    # as `problem` (its readiness, its gRPC health); None when it does not.
+    gateway_checks_port: int | None = None
 
     @property
     def supervised(self) -> str:
@@ -177,6 +195,17 @@ def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
     def status_file(name):
         return lambda: problem_of(status_path(data_dir, name, copy))
 
+    def served(name, module, problem_on, port_setting, **options):
+        """A service on its own port, which the gateway health-checks there
+        by the same question as `problem_on(port_setting)`."""
+        return Part(
+            name,
+            python + [module],
+            problem_on(port_setting),
+            gateway_checks_port=ports[port_setting],
+            **options,
+        )
+
     def loop(name, service):
         return Part(name, [], status_file(name), runs_in=service)
 
@@ -190,21 +219,17 @@ def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
 
     parts = [
         Part("broker", tansu_command(ports["BROKER_PORT"]), broker, priority=10, stop_phase=BROKER_STOP),
-        Part("auth", python + ["auth"], readiness("AUTH_PORT"), priority=20, stop_phase=INTAKE_STOP),
-        Part("billing", python + ["billing"], health("BILLING_PORT"), priority=20),
-        Part("patient", python + ["patient"], readiness("PATIENT_PORT"), priority=30),
+        served("auth", "auth", readiness, "AUTH_PORT", priority=20, stop_phase=INTAKE_STOP),
+        served("billing", "billing", health, "BILLING_PORT", priority=20),
+        served("patient", "patient", readiness, "PATIENT_PORT", priority=30),
         loop("patient-worker", "patient"),
-        Part("analytics", python + ["analytics"], readiness("ANALYTICS_PORT"), priority=30),
+        served("analytics", "analytics", readiness, "ANALYTICS_PORT", priority=30),
         loop("analytics-consumer", "analytics"),
-        Part("audit", python + ["audit"], readiness("AUDIT_PORT"), priority=30),
+        served("audit", "audit", readiness, "AUDIT_PORT", priority=30),
         loop("audit-consumer", "audit"),
         loop("audit-collector", "audit"),
-        Part(
-            "ext-authz",
-            python + ["gateway.ext_authz"],
-            health("EXT_AUTHZ_PORT"),
-            priority=30,
-            stop_phase=INTAKE_STOP,
+        served(
+            "ext-authz", "gateway.ext_authz", health, "EXT_AUTHZ_PORT", priority=30, stop_phase=INTAKE_STOP
         ),
         Part(
             "gateway",

@@ -59,6 +59,7 @@ from .parts import (
     ROOT,
     WEB_CONCURRENCY,
     build_parts,
+    gateway_healthy_ports,
 )
 from .tether import PIDS_FOLDER, SUPERVISORD, leftovers, record, stop_leftovers
 
@@ -76,7 +77,7 @@ RESTART_DELAY_CAP_SECONDS = 5.0
 START_SECONDS = 5
 STOP_WAIT_SECONDS = 20  # then supervisord kills the part's process group
 READY_POLL_SECONDS = 0.1  # how often it asks the parts still starting whether they are ready
-STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher asks each part whether it works
+STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher looks at whether each part works
 # How often it asks supervisord which parts run while one of them is not
 # running (starting, waiting to be restarted, stopped by an operator), and
 # starts one that waits too long. While every part runs it waits for one of
@@ -510,15 +511,31 @@ class Stack:
             if fault.faultCode not in (NOT_RUNNING, ALREADY_STARTED):
                 raise
 
+    def gateway_finds_healthy(self):
+        """The ports of the parts the gateway's health checks find healthy;
+        none when the gateway does not say (it is down or restarting)."""
+        try:
+            return gateway_healthy_ports(self.ports["ENVOY_ADMIN_PORT"])
+        except Exception:  # then every part is asked itself
+            return set()
+
     def report_problems(self, infos):
-        """One line when a running part stops doing its work, one when it works again."""
+        """One line when a running part stops doing its work, one when it
+        works again. A part the gateway checks and finds healthy is not asked
+        again: the gateway asks it the same question every few seconds, and
+        each answer costs the part a request. One it does not find healthy is
+        asked, for the line that says why."""
         states = {info["name"]: info["statename"] for info in infos}
+        healthy_to_gateway = self.gateway_finds_healthy()
         for part in self.parts:
             name, state = part.name, states.get(part.supervised)
             # A dead part: the line about its death said so. A starting one: not yet said.
             if state not in LIVE_STATES:
                 continue
-            problem = self.problem_of(part)
+            if part.gateway_checks_port in healthy_to_gateway:
+                problem = None
+            else:
+                problem = self.problem_of(part)
             before = self.problems.get(name)
             if problem is None and before is not None and state == "RUNNING":
                 say(f"{name}: working again")

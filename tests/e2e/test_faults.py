@@ -12,6 +12,10 @@ import psutil
 import pytest
 import requests
 
+from stack import run
+from stack.config import StackConfig
+from stack.harness import free_port
+from stack.parts import Part, build_parts, gateway_healthy_ports, readiness_problem
 from tests.e2e.conftest import supervisorctl
 from tests.support import wait_for
 
@@ -299,3 +303,66 @@ def test_the_gateway_takes_a_part_back_within_half_a_second_of_it_answering(syst
             assert time.monotonic() - answered < 0.5
         finally:
             starting.join()
+
+
+def test_the_launcher_asks_a_part_only_when_the_gateway_does_not_find_it_healthy(system, capsys):
+    # The gateway health-checks these parts by the launcher's own question;
+    # the launcher's status round asks only the ones it does not find healthy.
+    gateway_checked = {
+        part.name: part.gateway_checks_port
+        for part in build_parts(system.ports, None, None)
+        if part.gateway_checks_port is not None
+    }
+    assert set(gateway_checked) == {"auth", "billing", "patient", "analytics", "audit", "ext-authz"}
+    admin_port = system.ports["ENVOY_ADMIN_PORT"]
+    wait_for(
+        lambda: gateway_healthy_ports(admin_port) >= set(gateway_checked.values()),
+        timeout=30,
+        message="the gateway to find every part it checks healthy",
+    )
+    asked = []
+    analytics_ready = f"http://127.0.0.1:{system.ports['ANALYTICS_PORT']}/health/ready"
+
+    def analytics_problem():
+        asked.append(time.monotonic())
+        return readiness_problem(analytics_ready)
+
+    def launcher(environ):
+        stack = run.Stack(StackConfig(environ))
+        stack.parts = [
+            Part("analytics", [], analytics_problem, gateway_checks_port=system.ports["ANALYTICS_PORT"])
+        ]
+        stack.problems = {"analytics": None}
+        return stack
+
+    running = [{"name": "analytics", "statename": "RUNNING"}]
+    launcher(system.env).report_problems(running)
+    assert asked == []
+    # Without the gateway's word (its admin interface does not answer) the part is asked.
+    launcher({**system.env, "ENVOY_ADMIN_PORT": str(free_port())}).report_problems(running)
+    assert len(asked) == 1
+
+    stack = launcher(system.env)
+    supervisorctl(system, "stop", "analytics")
+    try:
+        wait_for(
+            lambda: system.ports["ANALYTICS_PORT"] not in gateway_healthy_ports(admin_port),
+            timeout=30,
+            message="the gateway to miss analytics",
+        )
+        stack.report_problems(running)
+        assert len(asked) == 2
+    finally:
+        supervisorctl(system, "start", "analytics")
+    wait_for(
+        lambda: system.ports["ANALYTICS_PORT"] in gateway_healthy_ports(admin_port),
+        timeout=60,
+        message="the gateway to take analytics back",
+    )
+    stack.report_problems(running)
+    assert len(asked) == 2
+    said = [line.split(" | ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert said == [
+        "analytics: not doing its work: not answering (NewConnectionError)",
+        "analytics: working again",
+    ]
