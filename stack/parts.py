@@ -202,7 +202,7 @@ def parts_of_copy(ports, envoy_config, data_dir, copy=1, env=None):
             name,
             python + [module],
             problem_on(port_setting),
-            gateway_checks_port=ports[port_setting],
+            gateway_checks_port=ports.get(port_setting),
             **options,
         )
 

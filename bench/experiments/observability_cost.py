@@ -10,7 +10,9 @@ Options: --seconds 3 (each run in a slice), --connections 16, --cycles 8,
 system twice: the copy's ratios to the first are what the host's noise alone
 gives; a fourth system would take more than PostgreSQL's 100 connections),
 --reverse (the systems started in the reverse order: on a host where the
-system started first costs more, a run each way cancels that), --split
+system started first costs more, a run each way cancels that),
+--both-orders (the two in one run: half the cycles on systems started in the
+usual order, the other half on systems started again in reverse), --split
 (instead, metrics on, tracing with no trace sampled and tracing at 10 %:
 what every request pays for tracing apart from what the sampled tenth adds).
 
@@ -167,18 +169,32 @@ def compare(settings_by_name, args, prefix):
         first = next(iter(settings_by_name.items()))
         settings_by_name = dict([first, (f"{first[0]} (again)", first[1])])
     names = list(settings_by_name)
-    with tempfile.TemporaryDirectory(prefix=prefix) as work, ExitStack() as systems:
-        targets = {}
-        for index, name in enumerate(reversed(names) if args.reverse else names):
-            running = systems.enter_context(
-                system_on_fresh_database(Path(work) / f"setting-{index}", settings_by_name[name])
-            )
-            targets[name] = Target(running, args.seconds, args.connections, args.rate)
-        cycles = []
-        for cycle in range(args.cycles):
-            order = names[cycle % len(names) :] + names[: cycle % len(names)]
-            cycles.append({name: targets[name].slice() for name in order})
-            print(f"cycle {cycle + 1}: " + "; ".join(f"{n} {fmt(cycles[-1][n])}" for n in names), flush=True)
+    # Each start order with the cycles it runs: with --both-orders the first
+    # half in the usual order, then every system started again in the reverse
+    # order for the second half.
+    if args.both_orders:
+        runs = [(names, (args.cycles + 1) // 2), (names[::-1], args.cycles // 2)]
+    else:
+        runs = [(names[::-1] if args.reverse else names, args.cycles)]
+    cycles: list[dict[str, dict[str, float]]] = []
+    all_targets: dict[str, list[Target]] = {name: [] for name in names}
+    for start_order, cycle_count in runs:
+        with tempfile.TemporaryDirectory(prefix=prefix) as work, ExitStack() as systems:
+            targets = {}
+            for index, name in enumerate(start_order):
+                running = systems.enter_context(
+                    system_on_fresh_database(Path(work) / f"setting-{index}", settings_by_name[name])
+                )
+                targets[name] = Target(running, args.seconds, args.connections, args.rate)
+                all_targets[name].append(targets[name])
+            print(f"started in the order: {', '.join(start_order)}", flush=True)
+            for _ in range(cycle_count):
+                turn = len(cycles) % len(names)
+                cycles.append({name: targets[name].slice() for name in names[turn:] + names[:turn]})
+                print(
+                    f"cycle {len(cycles)}: " + "; ".join(f"{n} {fmt(cycles[-1][n])}" for n in names),
+                    flush=True,
+                )
     bare = names[0]
     keys = list(cycles[0][bare])
     print(f"\nmedian of {len(cycles)} cycles; (ratio to {bare}: median, min-max over the cycles)")
@@ -191,7 +207,7 @@ def compare(settings_by_name, args, prefix):
                 f"{key} {value:.2f} ({statistics.median(ratios):.3f}, {min(ratios):.2f}-{max(ratios):.2f})"
             )
         print(f"{name}: " + "; ".join(cells))
-    errors = {name: targets[name].errors for name in names}
+    errors = {name: sum(target.errors for target in all_targets[name]) for name in names}
     print("\nanswers not 2xx over the run: " + ", ".join(f"{name} {count}" for name, count in errors.items()))
     if any(errors.values()):
         print("a system that answered errors was failing (out of connections?): its figures do not count")
@@ -202,7 +218,7 @@ def compare(settings_by_name, args, prefix):
     ):
         print(f"\n{title} by part, median of the cycles")
         for name in names:
-            slices = slices_of(targets[name])
+            slices = [by_part for target in all_targets[name] for by_part in slices_of(target)]
             parts = sorted({part for by_part in slices for part in by_part})
             medians = {
                 part: statistics.median(by_part.get(part, 0.0) for by_part in slices) for part in parts
@@ -225,6 +241,12 @@ def arguments(argv, description):
         action="store_true",
         help="start the systems in the reverse order (the bare one last): beside a run in the usual order, "
         "this cancels what starting first or last does to a system",
+    )
+    parser.add_argument(
+        "--both-orders",
+        action="store_true",
+        help="half the cycles on systems started in the usual order, then the other half on systems started "
+        "again in the reverse order: one run whose figures carry no start order's advantage",
     )
     parser.add_argument(
         "--split",
