@@ -21,14 +21,16 @@ import functools
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, values
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, ThreadingWSGIServer, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -41,6 +43,10 @@ METRICS_FOLDER = "metrics"
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 PRIVATE_DIR_MODE = 0o700
 _switch_lock = threading.Lock()
+# How often a metrics port's server looks whether it was told to shut down
+# (socketserver's poll interval, 0.5 s by default): nothing shuts it down, it
+# ends with its process, so it wakes for a scrape and seldom otherwise.
+METRICS_SERVER_POLL_SECONDS = 3600.0
 # The folder this process's metrics write to (PROMETHEUS_MULTIPROC_DIR as
 # inherited or as use_multiprocess set it): part of each metric's key, read
 # on every use, so kept here rather than looked up in the environment.
@@ -109,7 +115,7 @@ def serve_metrics(host: str, port: int, folders: Sequence[str | Path]) -> Any:
     for folder in folders:
         registry.register(FolderCollector(folder))
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        server = make_server(host, port, make_wsgi_app(registry), _server_class(host, port), _QuietHandler)
     except OSError as error:
         # The part's work matters more than its figures: it goes on, unscraped, and says why.
         log.error(
@@ -117,7 +123,27 @@ def serve_metrics(host: str, port: int, folders: Sequence[str | Path]) -> Any:
             extra={"host": host, "port": port, "error": error.strerror or str(error)},
         )
         return None
+    threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": METRICS_SERVER_POLL_SECONDS},
+        name="metrics-server",
+        daemon=True,
+    ).start()
     return server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """A scrape leaves no line on stderr (wsgiref writes one per request)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _server_class(host: str, port: int) -> type[ThreadingWSGIServer]:
+    """prometheus_client's threading server, of the address family `host` needs."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    return cast(type[ThreadingWSGIServer], server_class)
 
 
 def worker_exited(pid: int) -> None:

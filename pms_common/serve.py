@@ -156,6 +156,10 @@ def load_loops(names: LoopNames) -> tuple[Background, ...]:
 # A loop that dies sooner than this after its start is started again only
 # after a pause, doubled each time (up to MAX_DELAY_SECONDS).
 SHORT_LIFE_SECONDS = 10.0
+# How long the master waits when no signal comes and no loop is due to start
+# (gunicorn's own wait is 1 s): it then looks at its workers' heartbeats,
+# which a worker misses for gunicorn's `timeout` (30 s) before it is replaced.
+MASTER_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -198,6 +202,15 @@ class ServiceArbiter(Arbiter):
         super().__init__(app)
         self.loops = [LoopProcess(backgrounds) for backgrounds in loops]
         self.stopping_loops = False
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        """gunicorn's wait (which asks for 1 s), for MASTER_WAIT_SECONDS or until
+        a loop is due to start again: a signal (a child's end, a stop) ends it at once."""
+        wait = MASTER_WAIT_SECONDS
+        due = [loop.next_start_at for loop in self.loops if not loop.pid]
+        if due and not self.stopping_loops:
+            wait = max(0.0, min(wait, min(due) - time.monotonic()))
+        return super().wait_for_signals(wait)
 
     def manage_workers(self) -> None:
         super().manage_workers()

@@ -84,7 +84,7 @@ STATUS_INTERVAL_SECONDS = 5.0  # how often the launcher looks at whether each pa
 # their processes to exit instead (PartExits), and asks every
 # STATUS_INTERVAL_SECONDS in any case.
 WATCH_INTERVAL_SECONDS = 0.5
-TAIL_INTERVAL_SECONDS = 0.25  # how often it looks for new log lines
+TAIL_INTERVAL_SECONDS = 0.5  # how often it looks for new log lines
 LAUNCHER = "make-run"  # this process's record in the run folder, beside its parts'
 # supervisord's fault codes (supervisor.xmlrpc.Faults) the launcher expects.
 NOT_RUNNING, ALREADY_STARTED = 70, 60

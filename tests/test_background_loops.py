@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 from analytics.consumer import CONSUMER
 from pms_common.child import ChildFailed, run_in_child
 from pms_common.logs import JsonFormatter
-from pms_common.serve import Background, LoopProcess, load_loops, run_works_together
+from pms_common.serve import MASTER_WAIT_SECONDS, Background, LoopProcess, load_loops, run_works_together
 from pms_common.status import read_status, status_path
 from pms_common.worker import DATABASE, FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, PeerUnavailable, StopEvent
 from stack.config import free_ports
@@ -79,6 +81,40 @@ def test_the_master_forks_its_loop_starts_it_again_when_killed_and_stops_it(tmp_
         assert [(line["part"], line["exit_status"]) for line in died] == [("analytics-consumer", "SIGKILL")]
         assert part.stop() == 0
         assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
+    finally:
+        part.stop()
+
+
+def voluntary_switches(pid):
+    """How often the process's main thread has gone to sleep so far."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_master_sleeps_yet_starts_a_loop_that_died_young_again_after_its_pause(tmp_path):
+    part = WebPart(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'analytics.db'}",
+        BACKGROUND_LOOPS="beside",
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        ANALYTICS_CONSUMER_METRICS_PORT=str(free_port()),
+    )
+    try:
+        first = wait_for(lambda: consumer_pid(tmp_path), timeout=60, message="the consumer's status")
+        master = psutil.Process(part.process.pid)
+        time.sleep(1.0)
+        before = voluntary_switches(master.pid)
+        time.sleep(4.0)  # gunicorn's own master would wake at least four times
+        assert voluntary_switches(master.pid) - before <= 2
+        os.kill(first, signal.SIGKILL)  # young: started again after FIRST_DELAY_SECONDS
+        killed_at = time.monotonic()
+        workers = {child.pid for child in master.children()}
+
+        def forked_again():
+            return {child.pid for child in master.children()} - workers - {first} or None
+
+        wait_for(forked_again, timeout=30, interval=0.05, message="the consumer forked again")
+        assert time.monotonic() - killed_at < FIRST_DELAY_SECONDS + MASTER_WAIT_SECONDS / 2
     finally:
         part.stop()
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -305,3 +306,26 @@ def test_a_metrics_port_already_taken_is_said_and_the_part_goes_on(tmp_path, cap
         assert serve_metrics("127.0.0.1", port, [tmp_path]) is None
     [line] = [record for record in caplog.records if record.name == "pms_common.metrics"]
     assert line.levelname == "ERROR" and line.port == port
+
+
+def test_a_metrics_port_serves_a_scrape_and_its_thread_sleeps_between_scrapes(metrics_folder):
+    from pms_common.metrics import serve_metrics
+
+    metrics.counter("pms_test_idle_scrapes_total", "A figure for the scrape").inc()
+    port = free_port()
+    server = serve_metrics("127.0.0.1", port, [metrics_folder])
+    try:
+        [thread] = [thread for thread in threading.enumerate() if thread.name == "metrics-server"]
+
+        def wake_ups():
+            status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+            return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+        before = wake_ups()
+        time.sleep(2.0)  # socketserver's default poll would wake it four times
+        assert wake_ups() - before <= 1
+        scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert scraped.status_code == 200
+        assert value(samples(scraped.text), "pms_test_idle_scrapes_total") == 1
+    finally:
+        server.server_close()
