@@ -25,6 +25,12 @@ between polls). Everything else is written here once:
   once when it starts waiting and once when it resumes, reports not-ready
   (`ready` is False and the heartbeat stops), and goes on when the peer is
   back. A client that librdkafka declares failed for good is replaced;
+- quiet: a loop whose held fetch is shorter than QUIET_FETCH_SECONDS (analytics',
+  for its lag) and that has had no message for QUIET_AFTER_SECONDS pauses its
+  partitions between fetches and resumes them for one held fetch every
+  QUIET_FETCH_SECONDS (QuietFetching): the broker answers one fetch a second
+  instead of five, and the first event after a quiet spell waits up to that
+  second (bench/README.md, P7);
 - stop: the stop event ends the loop after the batch in hand; offsets are
   committed and the clients closed;
 - figures (pms_common.metrics): pms_consumer_lag_events (what the topic holds
@@ -76,6 +82,12 @@ LIBRDKAFKA_LOG_LEVEL = 2
 METADATA_REFRESH_MS = 5000
 DEAD_LETTER = "dead-letter topic"
 LAG_INTERVAL_SECONDS = 1.0  # how often an idle loop updates its lag figures
+# After this long without a message a loop is quiet: it then fetches once every
+# QUIET_FETCH_SECONDS (when its held fetch is shorter than that).
+QUIET_AFTER_SECONDS = 10.0
+QUIET_FETCH_SECONDS = 1.0
+DEFAULT_FETCH_WAIT_MS = 500  # librdkafka's fetch.wait.max.ms
+WAKE_TIMEOUT_SECONDS = 1.0  # how long a look's metadata request may take
 
 
 class DeadLetterError(PeerUnavailable):
@@ -101,6 +113,8 @@ class ConsumerSettings:
     create_topics: bool = False  # the part creates its topics (and may: on MSK that is a permission)
     topic_partitions: int = 3
     kafka: KafkaSettings | None = None
+    quiet_after_seconds: float = QUIET_AFTER_SECONDS
+    quiet_fetch_seconds: float = QUIET_FETCH_SECONDS
 
     @classmethod
     def of_part(cls, config: Any, client_id: str) -> ConsumerSettings:
@@ -160,6 +174,80 @@ def first_offsets(messages: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
 
 
+class QuietFetching:
+    """When a loop's partitions are fetched: always while messages come, and
+    after `quiet_after` seconds without one, for one held fetch (a look of
+    `look` seconds) every `every` seconds, paused in between. A message, or a
+    new assignment, ends the quiet. Used by the loop's own thread only.
+
+    librdkafka takes a resume up at its broker thread's next wake-up, which
+    without other work comes once a second; a look therefore also asks for the
+    topic's metadata, whose request wakes that thread: the fetch goes out at once."""
+
+    def __init__(self, topic: str, quiet_after: float, every: float, look: float) -> None:
+        self.topic = topic
+        self.quiet_after, self.every, self.look = quiet_after, every, look
+        self.paused = False
+        self._assignment_changed = False
+        self._next_change = time.monotonic() + quiet_after
+
+    @classmethod
+    def of(cls, settings: ConsumerSettings) -> QuietFetching | None:
+        """For a loop whose held fetch is shorter than a quiet loop's pace; else None."""
+        fetch_wait = (settings.fetch_wait_ms or DEFAULT_FETCH_WAIT_MS) / 1000
+        if fetch_wait >= settings.quiet_fetch_seconds:
+            return None
+        # A look ends halfway through its held fetch: a message already there comes
+        # back at once, and librdkafka sends no second fetch, as it would after an
+        # empty answer (the paused partition's answer, if any, is read again later).
+        look = fetch_wait / 2
+        return cls(settings.topic, settings.quiet_after_seconds, settings.quiet_fetch_seconds, look)
+
+    def poll_timeout(self, longest: float) -> float:
+        """How long the next poll may wait, so that a look starts and ends on time."""
+        return max(0.0, min(longest, self._next_change - time.monotonic()))
+
+    def messages_came(self, consumer: Consumer) -> None:
+        if self.paused:
+            self._resume(consumer)
+        self._next_change = time.monotonic() + self.quiet_after
+
+    def assigned(self) -> None:
+        """A new assignment is fetched from the next step on, whatever the loop's
+        quiet (not from the rebalance callback: the assignment is not in place yet)."""
+        self._assignment_changed = True
+
+    def step(self, consumer: Consumer) -> None:
+        """Between polls: a look begins when due; quiet begins, or a look ends, with a pause."""
+        now = time.monotonic()
+        if self._assignment_changed:
+            self._assignment_changed = False
+            self._resume(consumer)
+            self._next_change = now + self.quiet_after
+        elif now < self._next_change:
+            return
+        elif self.paused:
+            self._resume(consumer)
+            try:
+                consumer.list_topics(self.topic, timeout=WAKE_TIMEOUT_SECONDS)
+            except KafkaException:  # the broker is away: fetched as usual until it answers again
+                self._next_change = now + self.quiet_after
+            else:
+                self._next_change = now + self.look
+        else:
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.pause(assignment)
+            self.paused = True
+            self._next_change = now + max(0.0, self.every - self.look)
+
+    def _resume(self, consumer: Consumer) -> None:
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.resume(assignment)
+        self.paused = False
+
+
 class EventConsumer:
     """The consumer loop; a part's subclass implements handle_batch."""
 
@@ -182,6 +270,7 @@ class EventConsumer:
         self._reported_codes: set[int] = set()  # message errors said once since the last batch
         self._next_lag = 0.0
         self._last_handled_timestamp: float | None = None  # seconds since the epoch
+        self._quiet: QuietFetching | None = None
 
     # What a part supplies.
 
@@ -256,6 +345,7 @@ class EventConsumer:
             self.settings.client_config(error_cb=self._on_client_error, on_commit=self._on_commit)
         )
         try:
+            self._quiet = QuietFetching.of(self.settings)
             consumer.subscribe([self.settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
             log.info("consuming", extra={"topic": self.settings.topic, "group": self.settings.group_id})
             while not self.stop_event.is_set():
@@ -265,6 +355,10 @@ class EventConsumer:
                     continue
                 self._report_if_due()
                 messages = self._poll(consumer)
+                if self._quiet is not None:
+                    if messages:
+                        self._quiet.messages_came(consumer)
+                    self._quiet.step(consumer)
                 if messages:
                     self._handle(consumer, messages)
                 self._update_lag(consumer, force=bool(messages))
@@ -292,7 +386,10 @@ class EventConsumer:
     def _poll(self, consumer: Consumer) -> list[Message]:
         """Waits for one message, then takes the rest of what was fetched and
         what arrives within batch_wait_ms."""
-        first = consumer.poll(POLL_TIMEOUT_SECONDS)
+        timeout = POLL_TIMEOUT_SECONDS
+        if self._quiet is not None:
+            timeout = self._quiet.poll_timeout(timeout)
+        first = consumer.poll(timeout)
         if first is None:
             return []
         batch = [first]
@@ -479,6 +576,8 @@ class EventConsumer:
             log.warning("offset commit failed", extra={"error": str(error)})
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._quiet is not None:
+            self._quiet.assigned()
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -11,9 +11,11 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from pms_common.consumer import ConsumerSettings, EventConsumer, QuietFetching
 from pms_common.kafka import consumer_config, ensure_topics, producer_config
 from stack.config import free_ports
 from stack.parts import tansu_command, tcp_open
+from tests.analytics.helpers import patient_event, produce
 from tests.support import wait_for
 
 FETCH, HEARTBEAT, GET_TELEMETRY_SUBSCRIPTIONS = 1, 12, 71
@@ -122,3 +124,60 @@ def test_our_clients_ask_the_broker_for_no_client_telemetry(counted_broker):
     counts = proxy.counts()
     assert counts[FETCH] >= 10 and counts[HEARTBEAT] >= 1, counts  # the clients' requests went through it
     assert counts[GET_TELEMETRY_SUBSCRIPTIONS] == 0, counts
+
+
+class Arrivals(EventConsumer):
+    """The kit's loop, noting when each event was handled."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.handled_at = []
+
+    def handle_batch(self, events):
+        self.handled_at += [time.monotonic()] * len(events)
+
+
+def fetches_in(proxy, seconds):
+    before = proxy.counts()[FETCH]
+    time.sleep(seconds)
+    return proxy.counts()[FETCH] - before
+
+
+def test_a_quiet_loop_fetches_once_a_second_and_a_message_ends_its_quiet(counted_broker):
+    bootstrap, proxy = counted_broker
+    topic = f"quiet-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [topic, f"{topic}-dlq"])
+    settings = ConsumerSettings(
+        bootstrap,
+        f"group-{topic}",
+        topic=topic,
+        dead_letter_topic=f"{topic}-dlq",
+        fetch_wait_ms=200,
+        quiet_after_seconds=3.0,
+    )
+    loop = Arrivals(settings).start()
+    try:
+        produce(bootstrap, topic, [patient_event()])
+        wait_for(lambda: loop.handled_at, timeout=30, message="the first event")
+        # Awake: a held fetch of 200 ms after another (fetches of the three partitions may go apart).
+        assert fetches_in(proxy, 2.0) >= 8
+        time.sleep(settings.quiet_after_seconds)
+        quiet = fetches_in(proxy, 4.0)
+        assert 2 <= quiet <= 4 / settings.quiet_fetch_seconds + 1, quiet
+        sent_at = time.monotonic()
+        produce(bootstrap, topic, [patient_event()])
+        wait_for(lambda: len(loop.handled_at) == 2, timeout=30, message="the event sent while quiet")
+        assert loop.handled_at[1] - sent_at < settings.quiet_fetch_seconds + 0.5
+        sent_at = time.monotonic()
+        produce(bootstrap, topic, [patient_event()])  # awake again: at once
+        wait_for(lambda: len(loop.handled_at) == 3, timeout=30, message="the next event")
+        assert loop.handled_at[2] - sent_at < 0.4
+    finally:
+        loop.stop()
+
+
+def test_a_loop_whose_held_fetch_is_long_keeps_it_when_quiet():
+    long_wait = ConsumerSettings("127.0.0.1:9", "group", fetch_wait_ms=3000)
+    assert QuietFetching.of(long_wait) is None
+    short_wait = ConsumerSettings("127.0.0.1:9", "group", fetch_wait_ms=200)
+    assert QuietFetching.of(short_wait) is not None
