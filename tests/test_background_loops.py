@@ -56,15 +56,20 @@ def consumer_pid(tmp_path):
         return None
 
 
-def test_the_master_forks_its_loop_starts_it_again_when_killed_and_stops_it(tmp_path):
-    # No broker answers: the consumer runs and says it waits for one.
-    part = WebPart(
+def analytics_with_its_consumer_beside(tmp_path):
+    """Analytics with its consumer forked by its master. No broker answers: the
+    consumer runs and says it waits for one."""
+    return WebPart(
         tmp_path,
         f"sqlite:///{tmp_path / 'analytics.db'}",
         BACKGROUND_LOOPS="beside",
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         ANALYTICS_CONSUMER_METRICS_PORT=str(free_port()),
     )
+
+
+def test_the_master_forks_its_loop_starts_it_again_when_killed_and_stops_it(tmp_path):
+    part = analytics_with_its_consumer_beside(tmp_path)
     try:
         first = wait_for(lambda: consumer_pid(tmp_path), timeout=60, message="the consumer's status")
         master = psutil.Process(part.process.pid)
@@ -92,13 +97,7 @@ def voluntary_switches(pid):
 
 
 def test_an_idle_master_sleeps_yet_starts_a_loop_that_died_young_again_after_its_pause(tmp_path):
-    part = WebPart(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'analytics.db'}",
-        BACKGROUND_LOOPS="beside",
-        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
-        ANALYTICS_CONSUMER_METRICS_PORT=str(free_port()),
-    )
+    part = analytics_with_its_consumer_beside(tmp_path)
     try:
         first = wait_for(lambda: consumer_pid(tmp_path), timeout=60, message="the consumer's status")
         master = psutil.Process(part.process.pid)
