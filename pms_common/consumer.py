@@ -27,7 +27,7 @@ between polls). Everything else is written here once:
   back. A client that librdkafka declares failed for good is replaced;
 - quiet: a loop whose held fetch is shorter than QUIET_FETCH_SECONDS (analytics',
   for its lag) and that has had no message for QUIET_AFTER_SECONDS pauses its
-  partitions between fetches and resumes them for one held fetch every
+  partitions between fetches and resumes them for one fetch every
   QUIET_FETCH_SECONDS (QuietFetching): the broker answers one fetch a second
   instead of five, and the first event after a quiet spell waits up to that
   second (bench/README.md, P7);
