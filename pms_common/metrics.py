@@ -107,7 +107,7 @@ def scrape(folders: Sequence[str | Path], collectors: Iterable[Collector] = ()) 
     return generate_latest(registry)
 
 
-def serve_metrics(host: str, port: int, folders: Sequence[str | Path]) -> Any:
+def serve_metrics(host: str, port: int, folders: Sequence[str | Path]) -> MetricsServer | None:
     """GET /metrics on host:port (a thread): the samples of `folders`; none while metrics are off."""
     if not metrics_enabled():
         return None
@@ -115,7 +115,7 @@ def serve_metrics(host: str, port: int, folders: Sequence[str | Path]) -> Any:
     for folder in folders:
         registry.register(FolderCollector(folder))
     try:
-        server = make_server(host, port, make_wsgi_app(registry), _server_class(host, port), _QuietHandler)
+        server = make_server(host, port, make_wsgi_app(registry), MetricsServer, _QuietHandler)
     except OSError as error:
         # The part's work matters more than its figures: it goes on, unscraped, and says why.
         log.error(
@@ -132,18 +132,31 @@ def serve_metrics(host: str, port: int, folders: Sequence[str | Path]) -> Any:
     return server
 
 
+class MetricsServer(ThreadingWSGIServer):
+    """prometheus_client's threading server, of the address family its host
+    needs, that stops at once although it seldom looks whether to."""
+
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+            0
+        ][0]
+        super().__init__(address, handler)
+
+    def stop(self) -> None:
+        """Ends serve_forever and closes the port: shutdown() waits for the
+        server's next look, which shutting the listening socket brings at once."""
+        stopping = threading.Thread(target=self.shutdown)
+        stopping.start()
+        self.socket.shutdown(socket.SHUT_RDWR)
+        stopping.join()
+        self.server_close()
+
+
 class _QuietHandler(WSGIRequestHandler):
     """A scrape leaves no line on stderr (wsgiref writes one per request)."""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def _server_class(host: str, port: int) -> type[ThreadingWSGIServer]:
-    """prometheus_client's threading server, of the address family `host` needs."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
-    return cast(type[ThreadingWSGIServer], server_class)
 
 
 def worker_exited(pid: int) -> None:

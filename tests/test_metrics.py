@@ -314,8 +314,8 @@ def test_a_metrics_port_serves_a_scrape_and_its_thread_sleeps_between_scrapes(me
     metrics.counter("pms_test_idle_scrapes_total", "A figure for the scrape").inc()
     port = free_port()
     server = serve_metrics("127.0.0.1", port, [metrics_folder])
+    [thread] = [thread for thread in threading.enumerate() if thread.name == "metrics-server"]
     try:
-        [thread] = [thread for thread in threading.enumerate() if thread.name == "metrics-server"]
 
         def wake_ups():
             status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
@@ -328,4 +328,6 @@ def test_a_metrics_port_serves_a_scrape_and_its_thread_sleeps_between_scrapes(me
         assert scraped.status_code == 200
         assert value(samples(scraped.text), "pms_test_idle_scrapes_total") == 1
     finally:
-        server.server_close()
+        server.stop()
+    thread.join(2.0)
+    assert not thread.is_alive()  # stopped at once, not at its next look for a stop
