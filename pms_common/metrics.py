@@ -44,8 +44,8 @@ MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 PRIVATE_DIR_MODE = 0o700
 _switch_lock = threading.Lock()
 # How often a metrics port's server looks whether it was told to shut down
-# (socketserver's poll interval, 0.5 s by default): nothing shuts it down, it
-# ends with its process, so it wakes for a scrape and seldom otherwise.
+# (socketserver's poll interval, 0.5 s by default): it ends with its process,
+# or at MetricsServer.stop, which wakes it, so it wakes for a scrape and seldom otherwise.
 METRICS_SERVER_POLL_SECONDS = 3600.0
 # The folder this process's metrics write to (PROMETHEUS_MULTIPROC_DIR as
 # inherited or as use_multiprocess set it): part of each metric's key, read
@@ -137,9 +137,10 @@ class MetricsServer(ThreadingWSGIServer):
     needs, that stops at once although it seldom looks whether to."""
 
     def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
-        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-            0
-        ][0]
+        [(family, *_details), *_others] = socket.getaddrinfo(
+            *address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        self.address_family = family
         super().__init__(address, handler)
 
     def stop(self) -> None:
