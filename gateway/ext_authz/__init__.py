@@ -21,7 +21,7 @@ from .service import AuthorizationService, AuthUnavailable, TokenValidator
 log = logging.getLogger(__name__)
 SERVICE_NAMES = ("envoy.service.auth.v3.Authorization",)
 # How often its health asks whether auth answers. The gateway checks auth
-# itself every 2 s, so a slower probe only delays ext_authz's own report of
+# itself as often, so a slower probe only delays ext_authz's own report of
 # it; each probe costs auth a request.
 AUTH_PROBE_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 5.0
