@@ -457,7 +457,7 @@ def p3_event_lag(running, rate, seconds):
         lags.append(max(0.0, counted - finished) * 1000)
     lags.sort()
     p99 = round(lags[int(len(lags) * 0.99) - 1], 1)
-    time.sleep(QUIET_AFTER_SECONDS + 1.0)  # the consumer is quiet: it fetches once a second
+    time.sleep(QUIET_AFTER_SECONDS + 1.0)  # the consumer is quiet: it fetches once every QUIET_FETCH_SECONDS
     return p99, {
         "p50_ms": round(statistics.median(lags), 1),
         "p99_ms": p99,

@@ -28,9 +28,9 @@ between polls). Everything else is written here once:
 - quiet: a loop whose held fetch is shorter than QUIET_FETCH_SECONDS (analytics',
   for its lag) and that has had no message for QUIET_AFTER_SECONDS pauses its
   partitions between fetches and resumes them for one fetch every
-  QUIET_FETCH_SECONDS (QuietFetching): the broker answers one fetch a second
-  instead of five, and the first event after a quiet spell waits up to that
-  second (bench/README.md, P7);
+  QUIET_FETCH_SECONDS (QuietFetching): the broker answers one fetch every 2 s
+  instead of five a second, and the first event after a quiet spell waits up
+  to those 2 s (bench/README.md, P7);
 - stop: the stop event ends the loop after the batch in hand; offsets are
   committed and the clients closed;
 - figures (pms_common.metrics): pms_consumer_lag_events (what the topic holds
@@ -85,7 +85,7 @@ LAG_INTERVAL_SECONDS = 1.0  # how often an idle loop updates its lag figures
 # After this long without a message a loop is quiet: it then fetches once every
 # QUIET_FETCH_SECONDS (when its held fetch is shorter than that).
 QUIET_AFTER_SECONDS = 10.0
-QUIET_FETCH_SECONDS = 1.0
+QUIET_FETCH_SECONDS = 2.0
 DEFAULT_FETCH_WAIT_MS = 500  # librdkafka's fetch.wait.max.ms
 WAKE_TIMEOUT_SECONDS = 1.0  # how long a look's metadata request may take
 

@@ -143,7 +143,7 @@ def fetches_in(proxy, seconds):
     return proxy.counts()[FETCH] - before
 
 
-def test_a_quiet_loop_fetches_once_a_second_and_a_message_ends_its_quiet(counted_broker):
+def test_a_quiet_loop_fetches_once_per_quiet_pace_and_a_message_ends_its_quiet(counted_broker):
     bootstrap, proxy = counted_broker
     topic = f"quiet-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, [topic, f"{topic}-dlq"])
