@@ -3,6 +3,7 @@ group, batching and liveness timings."""
 
 from pms_common.config import ConfigError, WebConfig, env_float, env_int, env_str, port_of
 from pms_common.events import DEAD_LETTER_TOPIC, PATIENT_TOPIC
+from pms_common.status import HEARTBEAT_SECONDS
 
 CONSUMER_GROUP = "analytics-service"
 
@@ -37,7 +38,7 @@ class Config(WebConfig):
         # longer than the topic keeps events (Kafka's and MSK's default is 7
         # days), so the store does not grow without bound.
         self.DEDUP_HOURS = env_float("ANALYTICS_DEDUP_HOURS", 8 * 24)
-        self.HEARTBEAT_SECONDS = env_float("CONSUMER_HEARTBEAT_SECONDS", 2.0)
+        self.HEARTBEAT_SECONDS = env_float("CONSUMER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
         self.CONSUMER_STALE_SECONDS = env_float("CONSUMER_STALE_SECONDS", 15.0)
 
     def check(self):

@@ -3,6 +3,7 @@ where the gateway writes its audit log, and how long entries are kept."""
 
 from pms_common.config import ConfigError, WebConfig, audit_log_path, env_float, env_int, env_str
 from pms_common.events import DEAD_LETTER_TOPIC, PATIENT_TOPIC
+from pms_common.status import HEARTBEAT_SECONDS
 
 CONSUMER_GROUP = "audit-service"
 # Six years: HIPAA's retention of documentation (45 CFR 164.316(b)(2)).
@@ -31,7 +32,7 @@ class Config(WebConfig):
         # How often the collector looks for new lines when it found none.
         self.COLLECT_INTERVAL_SECONDS = env_float("AUDIT_COLLECT_INTERVAL_SECONDS", 0.2)
         self.RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
-        self.HEARTBEAT_SECONDS = env_float("CONSUMER_HEARTBEAT_SECONDS", 2.0)
+        self.HEARTBEAT_SECONDS = env_float("CONSUMER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
 
     def check(self):
         super().check()

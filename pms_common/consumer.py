@@ -62,6 +62,7 @@ from confluent_kafka import (
 from . import metrics
 from .events import DEAD_LETTER_TOPIC, PATIENT_TOPIC, Event, InvalidEvent, decode
 from .kafka import KafkaSettings, consumer_config, ensure_topics, producer_config
+from .status import HEARTBEAT_SECONDS
 from .telemetry import consumer_spans
 from .worker import BROKER, Outage, PeerUnavailable, run_until_stopped
 
@@ -109,7 +110,7 @@ class ConsumerSettings:
     batch_size: int = 500  # the most messages one handle_batch gets
     batch_wait_ms: int = 0  # after a batch's first message, how long to gather more
     fetch_wait_ms: int | None = None  # how long the broker may hold a fetch; librdkafka's own if None
-    heartbeat_seconds: float = 2.0
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
     create_topics: bool = False  # the part creates its topics (and may: on MSK that is a permission)
     topic_partitions: int = 3
     kafka: KafkaSettings | None = None
