@@ -254,9 +254,10 @@ TOPIC_CHECK_GROUP = "patient-outbox-relay-check"
 # What the outbox's trigger NOTIFYs on PostgreSQL (migration 0007).
 OUTBOX_CHANNEL = "patient_outbox"
 # How long an idle relay that writers wake waits before it looks at the outbox
-# anyway: an event whose wake-up was lost (its listening session was replaced
-# meanwhile) waits at most this long.
-WOKEN_IDLE_WAIT_SECONDS = 2.0
+# anyway: an event whose wake-up was lost waits at most this long. A relay that
+# takes the lease again (its session was replaced) looks at once, so a lost
+# wake-up is rare; each look is a query and a status beat (bench/README.md, P7).
+WOKEN_IDLE_WAIT_SECONDS = 10.0
 STOP_CHECK_SECONDS = 0.5  # how often a relay waiting to be woken looks whether it should stop
 
 

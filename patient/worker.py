@@ -22,9 +22,10 @@ from .outbox import STANDBY_RETRY_SECONDS, WOKEN_IDLE_WAIT_SECONDS, OutboxRelay
 log = logging.getLogger(__name__)
 BILLING_SWEEP_SECONDS = 1.0
 # The sweep's pause after one that found nothing due. Accounts fall pending
-# only while billing is away, and their retries back off to seconds anyway;
-# an idle worker then asks its database every 5 s, not every second.
-BILLING_IDLE_SWEEP_SECONDS = 5.0
+# (and closures are recorded) only while billing is away or a create failed,
+# and their retries back off to seconds anyway; an idle worker then asks its
+# database every 10 s, not every second (two queries, about a millisecond).
+BILLING_IDLE_SWEEP_SECONDS = 10.0
 # A relay that writers cannot wake (a database in memory) doubles its pause
 # up to this while there is nothing to publish, so an idle system does not
 # query its outbox every few ms (bench/README.md); the first event after a
