@@ -37,6 +37,26 @@ def wait_for_envoy(process, answers, log_file, message="envoy to be ready"):
     )
 
 
+@contextmanager
+def running_gateway(config_file, environ):
+    """Real Envoy on gateway/envoy.yaml rendered for `environ` (which names its
+    ENVOY_ADMIN_PORT) into `config_file`, once it is ready; killed at the end."""
+    import requests
+
+    from gateway.render import render
+
+    config = render(config_file, environ)
+    log_file = Path(config).parent / "envoy.log"
+    process = start_envoy(config, log_file)
+    ready = f"http://127.0.0.1:{environ['ENVOY_ADMIN_PORT']}/ready"
+    try:
+        wait_for_envoy(process, lambda: requests.get(ready, timeout=1).ok, log_file)
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
 def identity_headers(role, email=TEST_CALLER):
     """The headers the gateway sets for a signed-in caller with this role."""
     return {USER_HEADER: email, ROLE_HEADER: role}

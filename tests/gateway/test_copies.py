@@ -8,9 +8,8 @@ import sys
 import pytest
 import requests
 
-from gateway.render import render
 from stack.config import free_ports
-from tests.support import start_envoy, wait_for, wait_for_envoy
+from tests.support import running_gateway, wait_for
 
 # A copy of auth that is always ready and answers a login with its name.
 COPY = """
@@ -57,23 +56,19 @@ def two_copies_of_auth(tmp_path):
         )
         for name in ("A", "B")
     }
-    config = render(
-        tmp_path / "envoy" / "envoy.yaml",
-        {
-            "AUTH_ADDRESSES": ",".join(f"127.0.0.1:{port}" for port, _ in copies.values()),
-            "GATEWAY_PORT": str(ports["GATEWAY_PORT"]),
-            "ENVOY_ADMIN_PORT": str(ports["ENVOY_ADMIN_PORT"]),
-        },
-    )
-    log_file = tmp_path / "envoy.log"
-    envoy = start_envoy(config, log_file)
-    admin = f"http://127.0.0.1:{ports['ENVOY_ADMIN_PORT']}"
+    environ = {
+        "AUTH_ADDRESSES": ",".join(f"127.0.0.1:{port}" for port, _ in copies.values()),
+        "GATEWAY_PORT": str(ports["GATEWAY_PORT"]),
+        "ENVOY_ADMIN_PORT": str(ports["ENVOY_ADMIN_PORT"]),
+    }
     try:
-        wait_for_envoy(envoy, lambda: requests.get(f"{admin}/ready", timeout=1).ok, log_file)
-        yield f"http://127.0.0.1:{ports['GATEWAY_PORT']}", admin, copies
+        with running_gateway(tmp_path / "envoy" / "envoy.yaml", environ):
+            yield (
+                f"http://127.0.0.1:{ports['GATEWAY_PORT']}",
+                f"http://127.0.0.1:{ports['ENVOY_ADMIN_PORT']}",
+                copies,
+            )
     finally:
-        envoy.kill()
-        envoy.wait()
         for _, process in copies.values():
             process.kill()
             process.wait()

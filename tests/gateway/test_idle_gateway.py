@@ -7,11 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 
-from gateway.render import render
 from stack.config import free_ports
-from tests.support import start_envoy, wait_for, wait_for_envoy
+from tests.support import running_gateway, wait_for
 
 HEALTHY_CHECK_SECONDS = 5
 
@@ -44,22 +42,14 @@ def idle_gateway(tmp_path):
     serving = threading.Thread(target=part.serve_forever, daemon=True)
     serving.start()
     ports = free_ports(["GATEWAY_PORT", "ENVOY_ADMIN_PORT"])
-    config = render(
-        tmp_path / "envoy" / "envoy.yaml",
-        {"PATIENT_PORT": str(part.server_address[1]), **{key: str(value) for key, value in ports.items()}},
-    )
-    log_file = tmp_path / "envoy.log"
-    process = start_envoy(config, log_file)
+    environ = {
+        "PATIENT_PORT": str(part.server_address[1]),
+        **{key: str(value) for key, value in ports.items()},
+    }
     try:
-        wait_for_envoy(
-            process,
-            lambda: requests.get(f"http://127.0.0.1:{ports['ENVOY_ADMIN_PORT']}/ready", timeout=1).ok,
-            log_file,
-        )
-        yield process, part.checked_at
+        with running_gateway(tmp_path / "envoy" / "envoy.yaml", environ) as process:
+            yield process, part.checked_at
     finally:
-        process.kill()
-        process.wait()
         part.shutdown()
         part.server_close()
 

@@ -11,7 +11,7 @@ from gateway.render import DEV_CORS_ORIGINS, GatewayConfig, render
 from pms_common.config import ConfigError
 from stack.config import free_ports
 from stack.parts import BIN
-from tests.support import start_envoy, wait_for, wait_for_envoy
+from tests.support import running_gateway, wait_for
 
 
 def cors_policy(environ):
@@ -138,26 +138,13 @@ def secure_gateway(tmp_path):
     fresh self-signed certificate, and the stats listener; no services behind."""
     cert_file, key_file = self_signed_certificate(tmp_path)
     ports = free_ports(["GATEWAY_PORT", "ENVOY_ADMIN_PORT", "ENVOY_STATS_PORT"])
-    config = render(
-        tmp_path / "envoy" / "envoy.yaml",
-        {
-            "GATEWAY_TLS_CERT": str(cert_file),
-            "GATEWAY_TLS_KEY": str(key_file),
-            **{key: str(value) for key, value in ports.items()},
-        },
-    )
-    log_file = tmp_path / "envoy.log"
-    process = start_envoy(config, log_file)
-    try:
-        wait_for_envoy(
-            process,
-            lambda: requests.get(f"http://127.0.0.1:{ports['ENVOY_ADMIN_PORT']}/ready", timeout=1).ok,
-            log_file,
-        )
+    environ = {
+        "GATEWAY_TLS_CERT": str(cert_file),
+        "GATEWAY_TLS_KEY": str(key_file),
+        **{key: str(value) for key, value in ports.items()},
+    }
+    with running_gateway(tmp_path / "envoy" / "envoy.yaml", environ):
         yield ports, cert_file
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_the_gateway_serves_https_with_the_configured_certificate_and_refuses_plain_http(secure_gateway):
