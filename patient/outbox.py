@@ -256,7 +256,7 @@ OUTBOX_CHANNEL = "patient_outbox"
 # How long an idle relay that writers wake waits before it looks at the outbox
 # anyway: an event whose wake-up was lost waits at most this long. A relay that
 # takes the lease again (its session was replaced) looks at once, so a lost
-# wake-up is rare; each look is a query and a status beat (bench/README.md, P7).
+# wake-up is rare; each look is a query (bench/README.md, P7).
 WOKEN_IDLE_WAIT_SECONDS = 10.0
 STOP_CHECK_SECONDS = 0.5  # how often a relay waiting to be woken looks whether it should stop
 
