@@ -69,7 +69,7 @@ from pms_common.telemetry import (
     instrumented,
     traced_producer,
 )
-from pms_common.worker import BROKER, DATABASE, PeerUnavailable
+from pms_common.worker import BROKER, DATABASE, PeerUnavailable, StopEvent
 
 from .extensions import db
 from .models import OutboxEvent, Patient
@@ -258,7 +258,9 @@ OUTBOX_CHANNEL = "patient_outbox"
 # takes the lease again (its session was replaced) looks at once, so a lost
 # wake-up is rare; each look is a query (bench/README.md, P7).
 WOKEN_IDLE_WAIT_SECONDS = 10.0
-STOP_CHECK_SECONDS = 0.5  # how often a relay waiting to be woken looks whether it should stop
+# How often a relay waiting to be woken looks whether a plain threading.Event
+# asked it to stop; a StopEvent's pipe is waited on beside the wake-up instead.
+STOP_CHECK_SECONDS = 0.5
 
 
 class PostgresLease:
@@ -306,28 +308,42 @@ class PostgresLease:
             raise PeerUnavailable(DATABASE, f"the relay's session broke: {error}") from error
         return self.held
 
-    def wait_for_events(self, seconds):
-        """Waits up to `seconds` for a writer's notification; True when one
-        came (every one that came is taken). Raises when the session broke;
-        the lease is then lost."""
+    def wait_for_events(self, seconds, stop_descriptor=None):
+        """Waits up to `seconds` for a writer's notification, or until
+        `stop_descriptor` (a pipe) is readable; True when a notification came
+        (every one that came is taken). Raises when the session broke; the
+        lease is then lost."""
         if self._connection is None:
-            time.sleep(seconds)
+            wait_readable([stop_descriptor], seconds)
             return False
         try:
-            return self._take_wake_ups(seconds)
+            return self._take_wake_ups(seconds, stop_descriptor)
         except psycopg.Error as error:
             self.release()
             raise PeerUnavailable(DATABASE, f"the relay's session broke: {error}") from error
 
-    def _take_wake_ups(self, seconds):
-        """Waits up to `seconds` for a notification; True when one came. Takes
-        every one that came meanwhile too: one look at the outbox serves them all."""
+    def _take_wake_ups(self, seconds, stop_descriptor=None):
+        """Takes every notification that came, waiting up to `seconds` for
+        one if none has: one look at the outbox serves them all. The wait is
+        one select on the session's socket (and the stop pipe), not psycopg's
+        own, which wakes ten times a second to see signals."""
         listener = self._connection.connection.driver_connection
-        woken = any(True for _ in listener.notifies(timeout=seconds, stop_after=1))
-        if woken:
-            for _ in listener.notifies(timeout=0):
-                pass
-        return woken
+        # Those that came while the session ran the lease's statements wait in
+        # psycopg's backlog, not on the socket: taken before the socket is waited on.
+        if self._take_notifications(listener):
+            return True
+        if seconds <= 0:
+            return False
+        session = listener.fileno()
+        if session not in wait_readable([session, stop_descriptor], seconds):
+            return False
+        # Readable for another message (a notice), or the session's end, which this read raises.
+        return self._take_notifications(listener)
+
+    @staticmethod
+    def _take_notifications(listener):
+        """Whether any notification had come (all are taken); does not wait."""
+        return sum(1 for _ in listener.notifies(timeout=0)) > 0
 
     def release(self):
         """Ends the session, and with it the lock."""
@@ -374,14 +390,11 @@ class FileLease:
             self._wake_descriptor = open_fifo(self.wake_path)
         return True
 
-    def wait_for_events(self, seconds):
-        """Waits up to `seconds` for a writer's byte; True when one came (every
+    def wait_for_events(self, seconds, stop_descriptor=None):
+        """Waits up to `seconds` for a writer's byte, or until
+        `stop_descriptor` (a pipe) is readable; True when a byte came (every
         byte that came is taken)."""
-        if self._wake_descriptor is None:
-            time.sleep(seconds)
-            return False
-        readable, _, _ = select.select([self._wake_descriptor], [], [], seconds)
-        if not readable:
+        if self._wake_descriptor not in wait_readable([self._wake_descriptor, stop_descriptor], seconds):
             return False
         try:
             while os.read(self._wake_descriptor, 4096):
@@ -411,8 +424,8 @@ class SoleLease:
     def hold(self):
         return True
 
-    def wait_for_events(self, seconds):
-        time.sleep(seconds)
+    def wait_for_events(self, seconds, stop_descriptor=None):
+        wait_readable([stop_descriptor], seconds)
         return False
 
     def release(self):
@@ -437,6 +450,17 @@ def wake_path(engine):
     (its trigger notifies) and in memory (one process, whose relay looks often)."""
     database = sqlite_file(engine)
     return f"{database}.outbox-relay.wake" if database else None
+
+
+def wait_readable(descriptors, seconds):
+    """The descriptors (None entries ignored) that became readable within
+    `seconds`; with none to wait on, a sleep of `seconds`."""
+    waited = [descriptor for descriptor in descriptors if descriptor is not None]
+    if not waited:
+        time.sleep(seconds)
+        return []
+    readable, _, _ = select.select(waited, [], [], max(0.0, seconds))
+    return readable
 
 
 def open_fifo(path):
@@ -505,14 +529,18 @@ class OutboxRelay:
         return self.lease.wakes_on_events
 
     def wait_for_events(self, seconds, stop):
-        """Waits until a writer wakes the relay, `seconds` pass or `stop` is set
-        (looked at twice a second); True when woken."""
+        """Waits until a writer wakes the relay, `seconds` pass or `stop` is
+        set; True when woken. A StopEvent ends the wait at once (its pipe is
+        waited on with the wake-up); another Event is looked at every
+        STOP_CHECK_SECONDS."""
+        stop_descriptor = stop.fd if isinstance(stop, StopEvent) else None
+        longest_wait = seconds if stop_descriptor is not None else STOP_CHECK_SECONDS
         deadline = time.monotonic() + seconds
         while not stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            if self.lease.wait_for_events(min(remaining, STOP_CHECK_SECONDS)):
+            if self.lease.wait_for_events(min(remaining, longest_wait), stop_descriptor):
                 return True
         return False
 

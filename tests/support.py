@@ -57,6 +57,14 @@ def running_gateway(config_file, environ):
         process.wait()
 
 
+def voluntary_switches(pid, thread_id=None):
+    """How often a thread (by default the process's main one) has gone to
+    sleep so far: its voluntary context switches, which count its wake-ups
+    (a busy host's preemptions are the other, involuntary, kind)."""
+    status = Path(f"/proc/{pid}/task/{thread_id or pid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
 def identity_headers(role, email=TEST_CALLER):
     """The headers the gateway sets for a signed-in caller with this role."""
     return {USER_HEADER: email, ROLE_HEADER: role}

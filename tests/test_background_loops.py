@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -26,7 +25,7 @@ from pms_common.serve import MASTER_WAIT_SECONDS, Background, LoopProcess, load_
 from pms_common.status import read_status, status_path
 from pms_common.worker import DATABASE, FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS, PeerUnavailable, StopEvent
 from stack.config import free_ports
-from tests.support import free_port, wait_for
+from tests.support import free_port, voluntary_switches, wait_for
 from tests.test_web_start import REPO, WebPart
 
 
@@ -88,12 +87,6 @@ def test_the_master_forks_its_loop_starts_it_again_when_killed_and_stops_it(tmp_
         assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
     finally:
         part.stop()
-
-
-def voluntary_switches(pid):
-    """How often the process's main thread has gone to sleep so far."""
-    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
-    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
 
 
 def test_an_idle_master_sleeps_yet_starts_a_loop_that_died_young_again_after_its_pause(tmp_path):

@@ -41,7 +41,7 @@ from tests.auth.helpers import FAST_ARGON2, JWT_SECRET
 from tests.billing.conftest import new_patient_request, serving
 from tests.gateway.test_ext_authz import AuthServer, ExtAuthz
 from tests.patient.conftest import VALID, BillingServer
-from tests.support import free_port, migrated_apps, wait_for
+from tests.support import free_port, migrated_apps, voluntary_switches, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 DURATION = "flask_http_request_duration_seconds"
@@ -316,14 +316,9 @@ def test_a_metrics_port_serves_a_scrape_and_its_thread_sleeps_between_scrapes(me
     server = serve_metrics("127.0.0.1", port, [metrics_folder])
     [thread] = [thread for thread in threading.enumerate() if thread.name == "metrics-server"]
     try:
-
-        def wake_ups():
-            status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
-            return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-
-        before = wake_ups()
+        before = voluntary_switches(os.getpid(), thread.native_id)
         time.sleep(2.0)  # socketserver's default poll would wake it four times
-        assert wake_ups() - before <= 1
+        assert voluntary_switches(os.getpid(), thread.native_id) - before <= 1
         scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
         assert scraped.status_code == 200
         assert value(samples(scraped.text), "pms_test_idle_scrapes_total") == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stack.config import free_ports
-from tests.support import running_gateway, wait_for
+from tests.support import running_gateway, voluntary_switches, wait_for
 
 HEALTHY_CHECK_SECONDS = 5
 
@@ -57,14 +57,11 @@ def idle_gateway(tmp_path):
 def watchdog_wakeups(pid):
     """How often Envoy's watchdog threads (named dog:...) have gone to sleep so
     far: their voluntary context switches (a busy host's preemptions are not)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        if (task / "comm").read_text().startswith("dog:"):
-            status = (task / "status").read_text().splitlines()
-            total += sum(
-                int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches")
-            )
-    return total
+    return sum(
+        voluntary_switches(pid, int(task.name))
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        if (task / "comm").read_text().startswith("dog:")
+    )
 
 
 def test_an_idle_gateways_watchdog_threads_sleep(idle_gateway):

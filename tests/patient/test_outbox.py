@@ -2,6 +2,7 @@
 relay publishes it only once the broker acknowledged, so a broker outage
 delays events and loses none."""
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from patient.models import OutboxEvent
 from patient.outbox import OutboxRelay
 from pms_common.events import PatientEvent
 from pms_common.kafka import consumer_config, ensure_topics
-from pms_common.worker import BROKER, PeerUnavailable
+from pms_common.worker import BROKER, PeerUnavailable, StopEvent
 from tests.patient.conftest import VALID
-from tests.support import wait_for
+from tests.support import voluntary_switches, wait_for
 
 
 def outbox_rows(app):
@@ -145,12 +146,11 @@ def test_an_idle_relay_is_woken_by_each_change_not_by_its_own_pause(app, client,
     FIFO after a create, an update and a delete; without a change its wait
     runs out, and a stop ends it at once. A change with no relay listening
     still succeeds."""
-    import threading
     import time
 
     topic = f"patient-{uuid.uuid4().hex[:8]}"
     ensure_topics(broker.bootstrap, [topic])
-    stop = threading.Event()
+    stop = StopEvent()
     with app.app_context():
         relay = OutboxRelay(broker.bootstrap, topic)
         try:
@@ -180,6 +180,41 @@ def test_an_idle_relay_is_woken_by_each_change_not_by_its_own_pause(app, client,
     assert client.post("/patients", json={**VALID, "email": "later@example.com"}).status_code == 201
     published = sorted(str(row.event_id) for row in outbox_rows(app) if row.published_at is not None)
     assert len(published) == 3 and sorted(event_ids_on(broker.bootstrap, topic)) == published
+
+
+def test_an_idle_relay_sleeps_through_its_wait_and_a_stop_ends_it_at_once(app, broker):
+    """Waiting to be woken, the relay's thread sleeps: one wait on the wake-up
+    (PostgreSQL's session or SQLite's FIFO) and the stop's pipe together, with
+    no slices of its own to look at the stop, nor psycopg's, which woke it ten
+    times a second. Setting the stop from another thread ends the wait."""
+    import threading
+    import time
+
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [topic])
+    stop, waiter, switches = StopEvent(), threading.get_native_id(), []
+
+    def watch_then_stop():
+        time.sleep(0.3)
+        switches.append(voluntary_switches(os.getpid(), waiter))
+        time.sleep(2.0)
+        switches.append(voluntary_switches(os.getpid(), waiter))
+        stop.set()
+
+    with app.app_context():
+        relay = OutboxRelay(broker.bootstrap, topic)
+        watcher = threading.Thread(target=watch_then_stop)
+        try:
+            assert relay.publish_pending() == 0 and relay.holds_lease and relay.wakes_on_events
+            started = time.monotonic()
+            watcher.start()
+            assert not relay.wait_for_events(30, stop)
+            waited = time.monotonic() - started
+        finally:
+            watcher.join()
+            relay.close()
+    assert 2.3 <= waited < 5
+    assert switches[1] - switches[0] <= 1, f"the waiting thread woke {switches[1] - switches[0]} times in 2 s"
 
 
 def test_the_idle_worker_looks_at_its_outbox_only_when_woken_or_every_few_seconds(
