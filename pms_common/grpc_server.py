@@ -58,6 +58,10 @@ OVERALL = ""  # the health service's name for "the whole server"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 PROBE_INTERVAL_SECONDS = 2.0
+# A part that is not ready probes this often whatever its interval, so that it
+# says SERVING within a fraction of a second of its peer answering (at start,
+# or when an outage ends); the gateway looks at an unhealthy host as often.
+NOT_READY_PROBE_SECONDS = 0.25
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 UNPARSEABLE = "the request does not parse (are its strings UTF-8?)"
 
@@ -83,6 +87,14 @@ def probed(probe: Probe) -> Readiness:
         return probe()
     except Exception as error:  # the reason goes to the log line of the change
         return Readiness(serving=False, working=False, reason=describe_error(error))
+
+
+def next_probe_in(readiness: Readiness, interval: float) -> float:
+    """Seconds until the next probe: `interval` while the part is fully ready,
+    at most NOT_READY_PROBE_SECONDS while it is not."""
+    if readiness.serving and readiness.working:
+        return interval
+    return min(interval, NOT_READY_PROBE_SECONDS)
 
 
 # Each (metric, service, method, code)'s labelled series, looked up once.
@@ -365,12 +377,14 @@ class GrpcFrame(_Frame):
             self.health.set(name, status)
 
     def follow(self, probe: Probe, interval: float = PROBE_INTERVAL_SECONDS) -> threading.Thread:
-        """Health follows probe() from now until the server drains (a thread)."""
+        """Health follows probe() from now until the server drains (a thread),
+        probing every `interval` while ready (next_probe_in)."""
 
         def watch() -> None:
             while not self.draining.is_set():
-                self.set_readiness(probed(probe))
-                self.draining.wait(interval)
+                readiness = probed(probe)
+                self.set_readiness(readiness)
+                self.draining.wait(next_probe_in(readiness, interval))
 
         watcher = threading.Thread(target=watch, name="health-probe", daemon=True)
         watcher.start()
@@ -417,12 +431,14 @@ class AsyncGrpcFrame(_Frame):
 
     def follow(self, probe: Probe, interval: float = PROBE_INTERVAL_SECONDS) -> asyncio.Task[None]:
         """Health follows probe() (run on a thread: probes block) from now
-        until the server drains (a task of the running loop)."""
+        until the server drains (a task of the running loop), probing every
+        `interval` while ready (next_probe_in)."""
 
         async def watch() -> None:
             while not self.draining.is_set():
-                await self.set_readiness(await asyncio.to_thread(probed, probe))
-                await asyncio.sleep(interval)
+                readiness = await asyncio.to_thread(probed, probe)
+                await self.set_readiness(readiness)
+                await asyncio.sleep(next_probe_in(readiness, interval))
 
         # Held here: the loop keeps only a weak reference to its tasks.
         self.watcher = asyncio.create_task(watch(), name="health-probe")

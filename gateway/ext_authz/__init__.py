@@ -20,9 +20,10 @@ from .service import AuthorizationService, AuthUnavailable, TokenValidator
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = ("envoy.service.auth.v3.Authorization",)
-# How often its health asks whether auth answers. The gateway checks auth
-# itself as often, so a slower probe only delays ext_authz's own report of
-# it; each probe costs auth a request.
+# How often its health asks whether auth still answers (until auth first
+# answers, and while it is away, the frame asks every NOT_READY_PROBE_SECONDS).
+# The gateway checks auth itself as often, so a slower probe only delays
+# ext_authz's own report of it; each probe costs auth a request.
 AUTH_PROBE_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 5.0
 

@@ -9,9 +9,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sqlalchemy.exc import SQLAlchemyError
 
-from billing import SERVICE_NAMES, Config, create_server, set_ready
+from billing import SERVICE_NAMES, Config, create_server, readiness_probe, set_ready
 from billing.store import Store
 from tests.billing.conftest import account_count, new_patient_request, row_held
+from tests.support import wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -37,6 +38,35 @@ def test_health_is_serving_only_once_the_store_is_ready(database_url):
             set_ready(frame, store)
             assert health_of(channel, "") == health_of(channel, "BillingService") == SERVING
     finally:
+        server.stop(None)
+        store.dispose()
+
+
+def test_a_part_that_is_not_ready_probes_again_within_a_quarter_second_whatever_its_interval(database_url):
+    store = Store(database_url)  # not migrated yet: the probe fails
+    probes, probe = [], readiness_probe(store)
+
+    def counted_probe():
+        probes.append(time.monotonic())
+        return probe()
+
+    server, port, frame = create_server(Config(DATABASE_URL=database_url), "127.0.0.1:0", store=store)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            frame.follow(counted_probe, interval=30.0)
+            wait_for(lambda: len(probes) >= 3, timeout=5, message="probes while not ready")
+            assert health_of(channel, "BillingService") == NOT_SERVING
+            store.migrate()
+            migrated_at = time.monotonic()
+            wait_for(lambda: health_of(channel, "BillingService") == SERVING, timeout=5, message="SERVING")
+            assert time.monotonic() - migrated_at < 1.0  # not the 30 s interval
+            # Ready: the next probe is the interval away.
+            probes_when_ready = len(probes)
+            time.sleep(1.0)
+            assert len(probes) == probes_when_ready
+    finally:
+        frame.draining.set()
         server.stop(None)
         store.dispose()
 

@@ -46,16 +46,21 @@ class AuthServer:
 class ExtAuthz:
     """The aio server on its own event loop thread, as `python -m gateway.ext_authz` runs it."""
 
-    def __init__(self, config):
+    def __init__(self, config, probe_interval=0.5):
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.frame, _ = self.run(create_server(config, "127.0.0.1:0"))
         self.run(self.frame.start())
-        self.run(self._follow(auth_probe(config)))
+        self.probes = []
+        self.run(self._follow(auth_probe(config), probe_interval))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.frame.port}")
 
-    async def _follow(self, probe):
-        self.frame.follow(probe, interval=0.5)
+    async def _follow(self, probe, interval):
+        def counted():
+            self.probes.append(time.monotonic())
+            return probe()
+
+        self.frame.follow(counted, interval=interval)
 
     def run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
@@ -177,6 +182,25 @@ def test_auth_down_fails_closed_and_health_follows(auth, authz):
     auth.start()
     wait_for(authz.serving, timeout=10, message="SERVING again")
     assert authz.check(f"Bearer {token}").status.code == code_pb2.OK
+
+
+def test_it_serves_within_a_quarter_second_of_auth_answering_not_at_its_next_interval(make_app):
+    auth = AuthServer(make_app())  # not started yet, as when `make run` starts both
+    authz = ExtAuthz(Config(AUTH_URL=f"http://127.0.0.1:{auth.port}"), probe_interval=30.0)
+    try:
+        wait_for(lambda: len(authz.probes) >= 3, timeout=5, message="probes while auth is away")
+        assert not authz.serving()
+        auth.start()
+        answering_at = time.monotonic()
+        wait_for(authz.serving, timeout=5, message="SERVING once auth answers")
+        assert time.monotonic() - answering_at < 1.0  # not the 30 s interval
+        probes_when_ready = len(authz.probes)
+        time.sleep(1.0)
+        assert len(authz.probes) == probes_when_ready  # ready: the next probe is 30 s away
+    finally:
+        authz.close()
+        if auth.server is not None:
+            auth.stop()
 
 
 def test_a_request_that_does_not_parse_is_invalid_argument(authz):
