@@ -75,6 +75,9 @@ def relay_events(app, stop: threading.Event):
 
         def publish_once():
             nonlocal pause, role
+            # After an idle wait (10 s) the broker may take up to its ack
+            # timeout (10 s) to fail: said alive first, within STALE_SECONDS.
+            status.alive()
             started_at = time.time()
             published = relay.publish_pending()
             now = "publishing" if relay.holds_lease else "standing by"

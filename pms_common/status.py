@@ -6,7 +6,9 @@ A part's loops each get an Outage from `status.outage(activity)`, so each
 change between working and waiting is written as it happens; the loop that
 does the part's main work calls `status.beat(idle=..., started_at=...)` after
 each round, which rewrites the file once per HEARTBEAT_SECONDS (at once when
-`idle` flips). `idle` says the round that started at `started_at` found no
+`idle` flips), and `status.alive()` before a round that may block up to its
+own timeout, so that a long idle wait followed by that timeout is not taken
+for a stuck part. `idle` says the round that started at `started_at` found no
 work: a stop that waits until nothing is left (stack.drain) reads it.
 
 Writing is best effort: a file that cannot be written (a read-only disk) is
@@ -83,6 +85,13 @@ class StatusFile:
             flipped = idle is not None and idle != self._idle
             self._idle, self._started_at = idle, started_at
             if flipped or time.monotonic() >= self._next_write:
+                self._write()
+
+    def alive(self) -> None:
+        """Rewrites the file when the heartbeat is due, keeping what the last
+        round said."""
+        with self._lock:
+            if time.monotonic() >= self._next_write:
                 self._write()
 
     def _write(self) -> None:

@@ -3,6 +3,7 @@ at each change and on a heartbeat, read by the launcher."""
 
 import json
 import logging
+import time
 
 from sqlalchemy.exc import OperationalError
 
@@ -43,6 +44,19 @@ def test_a_heartbeat_is_written_when_due_and_at_once_when_idle_flips(tmp_path):
     quick = StatusFile(path, heartbeat_seconds=0)
     quick.beat(idle=True, started_at=4.0)
     assert read_status(path)["started_at"] == 4.0
+
+
+def test_alive_rewrites_the_file_only_when_due_and_keeps_what_the_last_round_said(tmp_path):
+    path = tmp_path / "relay.json"
+    status = StatusFile(path, heartbeat_seconds=0.5)
+    status.beat(idle=True, started_at=1.0)
+    written_at = read_status(path)["written_at"]
+    status.alive()  # not due: not written
+    assert read_status(path)["written_at"] == written_at
+    time.sleep(0.6)
+    status.alive()
+    after = read_status(path)
+    assert after["written_at"] > written_at and (after["idle"], after["started_at"]) == (True, 1.0)
 
 
 def test_a_working_part_that_stops_writing_is_named_stale(tmp_path):

@@ -6,6 +6,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 
@@ -17,9 +19,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from billing.store import accounts
 from patient.extensions import db
 from patient.models import OutboxEvent
-from patient.outbox import OutboxRelay
+from patient.outbox import WOKEN_IDLE_WAIT_SECONDS, OutboxRelay
+from patient.worker import run as run_worker
 from pms_common.events import PatientEvent
 from pms_common.kafka import consumer_config, ensure_topics
+from pms_common.status import STALE_SECONDS, StatusFile, read_status
 from pms_common.worker import BROKER, PeerUnavailable, StopEvent
 from tests.patient.conftest import VALID
 from tests.support import voluntary_switches, wait_for
@@ -109,6 +113,46 @@ def test_broker_down_keeps_events_and_they_arrive_after_restart(app, client, own
     assert sorted(key for key, _ in received) == sorted(ids)
     assert all(key == event.patientId and event.event_type == "PATIENT_CREATED" for key, event in received)
     assert all(row.published_at is not None for row in outbox_rows(app))
+
+
+def test_a_relay_woken_after_an_idle_spell_with_the_broker_away_says_so_and_never_looks_stuck(
+    make_app, own_broker, tmp_path
+):
+    # The launcher takes a status file older than STALE_SECONDS for a stuck
+    # part. An idle relay rewrites its file once per idle wait; woken late in
+    # one, with the broker away, it waits for acknowledgements up to its
+    # ack timeout before it can say what it waits for.
+    topic = f"patient-{uuid.uuid4().hex[:8]}"
+    ensure_topics(own_broker.bootstrap, [topic])
+    app = make_app(KAFKA_BOOTSTRAP_SERVERS=own_broker.bootstrap, EVENTS_TOPIC=topic)
+    path = tmp_path / "patient-worker.json"
+    app.extensions["status_file"] = StatusFile(path)
+    client, stop = app.test_client(), StopEvent()
+    worker = threading.Thread(target=run_worker, args=(app, stop), name="patient-worker")
+    worker.start()
+    try:
+        client.post("/patients", json=VALID)
+        consume(own_broker.bootstrap, topic, 1)
+        wait_for(lambda: read_status(path)["idle"], timeout=10, message="the relay to be idle")
+        own_broker.stop()
+        idle_since = read_status(path)["written_at"]
+        time.sleep(max(0.0, idle_since + WOKEN_IDLE_WAIT_SECONDS - 2 - time.time()))
+        client.post("/patients", json={**VALID, "email": "grace@example.com"})
+        oldest = 0.0
+
+        def reported():
+            nonlocal oldest
+            status = read_status(path)
+            oldest = max(oldest, status["age_s"])
+            return status["problems"]
+
+        problems = wait_for(reported, timeout=30, interval=0.1, message="the relay to say the broker is away")
+        assert list(problems) == ["outbox relay"] and "waits for the broker" in problems["outbox relay"]
+        assert oldest < STALE_SECONDS
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not worker.is_alive()
 
 
 def test_one_patients_events_stay_in_order(app, client, broker):
