@@ -75,8 +75,8 @@ def relay_events(app, stop: threading.Event):
 
         def publish_once():
             nonlocal pause, role
-            # After an idle wait (10 s) the broker may take up to its ack
-            # timeout (10 s) to fail: said alive first, within STALE_SECONDS.
+            # An idle wait (10 s) and then the broker's ack timeout (10 s)
+            # would outlast STALE_SECONDS without a write: rewritten first, if due.
             status.alive()
             started_at = time.time()
             published = relay.publish_pending()
