@@ -43,7 +43,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import select
 import socket
 import stat
 import time
@@ -69,7 +68,7 @@ from pms_common.telemetry import (
     instrumented,
     traced_producer,
 )
-from pms_common.worker import BROKER, DATABASE, PeerUnavailable, StopEvent
+from pms_common.worker import BROKER, DATABASE, PeerUnavailable, StopEvent, wait_readable
 
 from .extensions import db
 from .models import OutboxEvent, Patient
@@ -325,7 +324,7 @@ class PostgresLease:
     def _take_wake_ups(self, seconds, stop_descriptor=None):
         """Takes every notification that came, waiting up to `seconds` for
         one if none has: one look at the outbox serves them all. The wait is
-        one select on the session's socket (and the stop pipe), not psycopg's
+        one poll of the session's socket (and the stop pipe), not psycopg's
         own, which wakes ten times a second to see signals."""
         listener = self._connection.connection.driver_connection
         # Those that came while the session ran the lease's statements wait in
@@ -450,17 +449,6 @@ def wake_path(engine):
     (its trigger notifies) and in memory (one process, whose relay looks often)."""
     database = sqlite_file(engine)
     return f"{database}.outbox-relay.wake" if database else None
-
-
-def wait_readable(descriptors, seconds):
-    """The descriptors (None entries ignored) that became readable within
-    `seconds`; with none to wait on, a sleep of `seconds`."""
-    waited = [descriptor for descriptor in descriptors if descriptor is not None]
-    if not waited:
-        time.sleep(seconds)
-        return []
-    readable, _, _ = select.select(waited, [], [], max(0.0, seconds))
-    return readable
 
 
 def open_fifo(path):

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 
 from .db_errors import describe_error, error_fields
@@ -240,10 +240,25 @@ class StopEvent(threading.Event):
     def wait(self, timeout: float | None = None) -> bool:
         if self._flag:
             return True
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        poller.poll(None if timeout is None else math.ceil(max(0.0, timeout) * 1000))
+        wait_readable([self.fd], timeout)
         return self._flag
+
+
+def wait_readable(descriptors: Iterable[int | None], seconds: float | None) -> set[int]:
+    """The descriptors (None entries left out) that became readable, or
+    hung up, within `seconds` (None: no limit); one poll, so a loop that waits
+    for its work and its StopEvent together wakes for either and nothing
+    else. With no descriptor to wait on, a sleep of `seconds`."""
+    waited = [descriptor for descriptor in descriptors if descriptor is not None]
+    if not waited:
+        if seconds is not None:
+            time.sleep(max(0.0, seconds))
+        return set()
+    poller = select.poll()
+    for descriptor in waited:
+        poller.register(descriptor, select.POLLIN)
+    timeout = None if seconds is None else math.ceil(max(0.0, seconds) * 1000)
+    return {descriptor for descriptor, _events in poller.poll(timeout)}
 
 
 def _close_all(*descriptors: int) -> None:

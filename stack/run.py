@@ -47,7 +47,7 @@ from pms_common.config import (
 from pms_common.entry import run_main
 from pms_common.lifeline import die_with_parent
 from pms_common.status import STATUS_FOLDER, status_path
-from pms_common.worker import StopEvent
+from pms_common.worker import StopEvent, wait_readable
 
 from .config import StackConfig, free_port
 from .parts import (
@@ -250,8 +250,6 @@ class PartExits:
         self.exited &= set(pids)
         for pid in set(self.fds) - set(pids):
             os.close(self.fds.pop(pid))
-        poller = select.poll()
-        poller.register(self.stopping.fd, select.POLLIN)
         for pid in pids:
             if pid not in self.fds:
                 try:
@@ -259,8 +257,7 @@ class PartExits:
                 except ProcessLookupError:  # gone already
                     self.exited.add(pid)
                     return
-            poller.register(self.fds[pid], select.POLLIN)
-        ready = {fd for fd, _event in poller.poll(max(0, int(seconds * 1000)))}
+        ready = wait_readable([self.stopping.fd, *(self.fds[pid] for pid in pids)], seconds)
         for pid, fd in list(self.fds.items()):
             if fd in ready:
                 self.exited.add(pid)
